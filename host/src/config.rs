@@ -1,0 +1,286 @@
+//! `llmhost.toml`: the configuration file. Every key is optional; unknown keys and bad values
+//! are errors that name the key and its place in the file, so a typo never silently falls back
+//! to a default.
+//!
+//! ```toml
+//! [plugins]
+//! dirs = ["plugins"]      # searched first; relative to this file's directory
+//! kernel = "auto"         # or a kernel plugin's name: "scalar", "kernels-avx2", ...
+//! search_exe_dir = true   # also search the directory of the llmhost executable
+//!
+//! [threads]
+//! count = 0               # 0: one per physical core
+//! pin = true              # pin each pool thread to its own physical core
+//!
+//! [log]
+//! level = "info"          # error, warn, info, debug, trace
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub plugins: PluginsConfig,
+    pub threads: ThreadsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    pub dirs: Vec<PathBuf>,
+    pub kernel: String,
+    pub search_exe_dir: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dirs: Vec::new(),
+            kernel: "auto".into(),
+            search_exe_dir: true,
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The forced kernel plugin, or `None` for automatic selection.
+    pub fn forced_kernel(&self) -> Option<&str> {
+        match self.kernel.as_str() {
+            "" | "auto" => None,
+            name => Some(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadsConfig {
+    pub count: usize,
+    pub pin: bool,
+}
+
+impl Default for ThreadsConfig {
+    fn default() -> Self {
+        ThreadsConfig {
+            count: 0,
+            pin: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Most threads a pool may have: far above any CPU we run on, low enough to catch typos.
+pub const MAX_THREADS: usize = 4096;
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative plugin directories are resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in &mut config.plugins.dirs {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                // toml's message can span lines; one line is what the user reads.
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.into(),
+            message,
+        };
+        if self.threads.count > MAX_THREADS {
+            return Err(invalid(
+                "threads.count",
+                format!(
+                    "{} is more than {MAX_THREADS}; use 0 for one thread per physical core",
+                    self.threads.count
+                ),
+            ));
+        }
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "unknown level {:?}; expected one of {}",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        if self.plugins.kernel.trim() != self.plugins.kernel {
+            return Err(invalid(
+                "plugins.kernel",
+                format!("{:?} has surrounding spaces", self.plugins.kernel),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that every configured plugin directory exists (after `load` resolved them).
+    pub fn check_plugin_dirs(&self, path: &Path) -> Result<(), ConfigError> {
+        for (i, dir) in self.plugins.dirs.iter().enumerate() {
+            if !dir.is_dir() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: format!("plugins.dirs[{i}]"),
+                    message: format!("{} is not a directory", dir.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("llmhost.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(Config::default().plugins.forced_kernel(), None);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "[plugins]\ndirs = [\"p\"]\nkernel = \"avx2\"\nsearch_exe_dir = false\n\
+             [threads]\ncount = 2\npin = false\n[log]\nlevel = \"debug\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.plugins.dirs, vec![PathBuf::from("p")]);
+        assert_eq!(c.plugins.forced_kernel(), Some("avx2"));
+        assert!(!c.plugins.search_exe_dir);
+        assert_eq!(c.threads.count, 2);
+        assert!(!c.threads.pin);
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_place() {
+        let e = parse("[plugins]\nkernal = \"avx2\"\n").unwrap_err();
+        assert!(e.contains("llmhost.toml:2:1"), "{e}");
+        assert!(e.contains("kernal"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = parse("[plugin]\n").unwrap_err();
+        assert!(e.contains("plugin"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = parse("[threads]\ncount = \"two\"\n").unwrap_err();
+        assert!(e.contains("llmhost.toml:2:"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = parse("[threads]\ncount = -1\n").unwrap_err();
+        assert!(e.contains("llmhost.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key() {
+        let e = parse("[threads]\ncount = 100000\n").unwrap_err();
+        assert!(e.contains("threads.count"), "{e}");
+        let e = parse("[log]\nlevel = \"loud\"\n").unwrap_err();
+        assert!(e.contains("log.level") && e.contains("loud"), "{e}");
+    }
+
+    #[test]
+    fn relative_plugin_dirs_resolve_against_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plug")).unwrap();
+        let path = dir.path().join("llmhost.toml");
+        std::fs::write(&path, "[plugins]\ndirs = [\"plug\", \"missing\"]\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.plugins.dirs[0], dir.path().join("plug"));
+        let e = c.check_plugin_dirs(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("plugins.dirs[1]") && e.contains("missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_clear() {
+        let e = Config::load(Path::new("/nonexistent/llmhost.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/llmhost.toml"), "{e}");
+    }
+}

@@ -1,0 +1,14 @@
+//! # llmhost, the host
+//!
+//! The process users run. At start-up it reads the configuration ([`config`]), detects the
+//! CPU ([`cpu`]), finds, vets and loads plugins ([`plugins`]) and starts its thread pool
+//! ([`pool`], handed to plugins through [`pool_bridge`]). The CLI in `main.rs` ties these
+//! together; [`settings`] resolves flags over config over defaults.
+
+pub mod config;
+pub mod cpu;
+pub mod plugins;
+pub mod pool;
+pub mod pool_bridge;
+pub mod report;
+pub mod settings;
