@@ -28,23 +28,14 @@ use plugin_api::{
 /// The reference kernels as a plugin.
 pub struct ScalarKernels;
 
-/// Weight types `matmul` accepts.
-pub const WEIGHT_TYPES: [GgmlType; 14] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::Q8_K,
-];
+/// Weight types `matmul` accepts: every type except Q8_1, which ggml only uses for
+/// activations (it has no Q8_1 weight path to match).
+pub fn weight_types() -> Vec<GgmlType> {
+    GgmlType::ALL
+        .into_iter()
+        .filter(|t| *t != GgmlType::Q8_1)
+        .collect()
+}
 
 impl KernelImpl for ScalarKernels {
     fn info() -> KernelInfo {
@@ -53,7 +44,7 @@ impl KernelImpl for ScalarKernels {
             isa: Isa::current(),
             required: plugin_api::CpuFeatures::EMPTY,
             version: env!("CARGO_PKG_VERSION").into(),
-            weight_types: RVec::from(WEIGHT_TYPES.to_vec()),
+            weight_types: RVec::from(weight_types()),
         }
     }
 

@@ -291,3 +291,95 @@ fn attention_sees_nothing_masked() {
     .unwrap();
     assert_eq!(out, v[..d]);
 }
+
+/// A pool that really runs tasks on several threads (spawned per call: fine for tests), so
+/// that the ops' splitting of work and of their output is exercised.
+struct ScopedPool(usize);
+
+impl ThreadPool for ScopedPool {
+    fn n_threads(&self) -> usize {
+        self.0
+    }
+
+    fn parallel_for(
+        &self,
+        n_tasks: usize,
+        body: plugin_api::pool::TaskBody_TO<'_, plugin_api::abi_stable::sabi_types::RRef<'_, ()>>,
+    ) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for thread in 0..self.0 {
+                let (next, body) = (&next, &body);
+                s.spawn(move || loop {
+                    let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if task >= n_tasks {
+                        break;
+                    }
+                    body.run(task, thread);
+                });
+            }
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `matmul` equals the dot products of the dequantized weights with the dequantized
+    /// quantized activations, for every weight type, batch sizes, padded strides, and row
+    /// counts that do not divide the task size.
+    #[test]
+    fn matmul_matches_dequantized_dot_products(
+        ti in 0usize..14, rows in 1usize..70, blocks in 1usize..3, n_batch in 1usize..4,
+        in_pad in 0usize..5, out_pad in 0usize..5, seed in any::<u64>(),
+    ) {
+        use kernels_scalar::quants;
+        let t = kernels_scalar::weight_types()[ti];
+        let cols = t.block_size().max(32) * blocks;
+        let cols = if t.block_size() == 1 { cols } else { cols.div_ceil(t.block_size()) * t.block_size() };
+        let w_f32 = uniform(seed, rows * cols);
+        let row_bytes = t.row_bytes(cols).unwrap();
+        let mut w = vec![0u8; rows * row_bytes];
+        for r in 0..rows {
+            quants::quantize_row(t, &w_f32[r * cols..][..cols], &mut w[r * row_bytes..][..row_bytes]).unwrap();
+        }
+        let (in_stride, out_stride) = (cols + in_pad, rows + out_pad);
+        let x = uniform(seed ^ 0x5bd1, (n_batch - 1) * in_stride + cols);
+        let mut y = vec![f32::NAN; (n_batch - 1) * out_stride + rows];
+        let pool = ScopedPool(3);
+        let args = MatmulArgs {
+            weight: WeightRef { dtype: t, layout: 0, rows, cols, data: RSlice::from_slice(&w) },
+            input: RSlice::from_slice(&x), input_stride: in_stride, n_batch,
+            output: RSliceMut::from_mut_slice(&mut y), output_stride: out_stride,
+        };
+        ScalarKernels::matmul(args, &plugin_api::pool::ThreadPool_TO::from_ptr(&pool, plugin_api::abi_stable::sabi_trait::TD_Opaque)).unwrap();
+
+        let xt = quants::vec_dot_type(t);
+        let x_row_bytes = xt.row_bytes(cols).unwrap();
+        let mut w_deq = vec![0f32; cols];
+        let mut xq = vec![0u8; x_row_bytes];
+        let mut x_deq = vec![0f32; cols];
+        for b in 0..n_batch {
+            quants::quantize_row(xt, &x[b * in_stride..][..cols], &mut xq).unwrap();
+            quants::dequantize_row(xt, &xq, &mut x_deq).unwrap_or_else(|_| {
+                // Q8_1 has no dequantizer in ggml; its values are d·q like Q8_0's.
+                x_deq.copy_from_slice(&x[b * in_stride..][..cols]);
+            });
+            for r in 0..rows {
+                quants::dequantize_row(t, &w[r * row_bytes..][..row_bytes], &mut w_deq).unwrap();
+                let want: f64 = w_deq.iter().zip(&x_deq).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scale: f64 = w_deq.iter().zip(&x_deq).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let got = y[b * out_stride + r] as f64;
+                // Q8_1 activations are compared against the unquantized input: allow its
+                // quantization error (≤ 1/254 of each block's max) on top of rounding.
+                let tol = if xt == GgmlType::Q8_1 { 1e-2 } else { 1e-4 };
+                prop_assert!((got - want).abs() <= tol * (scale + 1e-3),
+                    "{} r={r} b={b}: {got} vs {want}", t.name());
+            }
+            if out_pad > 0 && b + 1 < n_batch {
+                // The padding between output rows is never written.
+                prop_assert!(y[b * out_stride + rows..(b + 1) * out_stride].iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+}

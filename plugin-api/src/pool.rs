@@ -1,8 +1,8 @@
 //! The host's thread pool as plugins see it. Threads belong to the host: kernels split their
 //! work with [`ThreadPool::parallel_for`] and never spawn threads of their own.
 
+use crate::guard::catch_panic;
 use abi_stable::{sabi_trait, sabi_trait::prelude::TD_Opaque, sabi_types::RRef};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
 /// One unit of work handed to the pool: called once per task index, on any pool thread.
@@ -40,9 +40,9 @@ where
     }
     impl<F: Fn(usize, usize) + Sync> TaskBody for Guarded<F> {
         fn run(&self, task: usize, thread: usize) {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.f)(task, thread))) {
+            if let Err(message) = catch_panic(|| (self.f)(task, thread)) {
                 let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
-                slot.get_or_insert_with(|| panic_message(&*payload));
+                slot.get_or_insert(message);
             }
         }
     }

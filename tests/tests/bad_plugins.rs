@@ -213,7 +213,7 @@ fn a_panicking_op_is_an_error_and_the_plugin_keeps_working() {
     assert_eq!(err.op, "matmul");
     assert_eq!(
         line,
-        "plugin 'kernels-panicky' failed in matmul: plugin panicked: kernels-panicky matmul exploded on purpose"
+        "plugin 'kernels-panicky' failed in matmul: plugin panicked: kernels-panicky matmul exploded on purpose (at fixture-panicky/src/lib.rs:10:9)"
     );
     // Other ops of the same plugin still work, and so does the failing one's error path.
     let norm = rms_norm_3_4(&panicky).unwrap();
