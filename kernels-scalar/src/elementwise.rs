@@ -11,8 +11,24 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-pub fn gelu(x: f32) -> f32 {
+/// The tanh form of GELU in f32 (`ggml_gelu_f32`).
+pub fn gelu_exact(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// GELU as ggml's CPU backend defines it (`GGML_GELU_FP16`, always on): 0 below -10, the
+/// identity above 10, and in between a table look-up at `x` rounded to f16 holding the
+/// f16-rounded [`gelu_exact`]. Gemma's feed-forward goes through it in every layer, so
+/// matching it matters for agreeing with llama.cpp.
+pub fn gelu(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let xh = half::f16::from_f32(x).to_f32();
+        half::f16::from_f32(gelu_exact(xh)).to_f32()
+    }
 }
 
 /// Softmax of one row in place, after multiplying by `scale`.

@@ -28,7 +28,7 @@ pub fn quantize_rows(
         .take(n_batch)
         .enumerate()
     {
-        quants::quantize_row(dtype, &input[b * stride..][..cols], dst)?;
+        quants::quantize_activations(dtype, &input[b * stride..][..cols], dst)?;
     }
     Ok(out)
 }

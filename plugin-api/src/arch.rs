@@ -78,6 +78,8 @@ pub struct KvShape {
     /// Floats per token and layer in K (n_head_kv · head_dim), and in V.
     pub k_dim: u32,
     pub v_dim: u32,
+    /// Floats per head (K and V heads alike): the cache's head stride.
+    pub head_dim: u32,
 }
 
 /// Keys and values of positions `0..len` of one sequence in one layer.

@@ -252,16 +252,16 @@ pub struct KernelPlugin {
     pub info: extern "C" fn() -> RResult<KernelInfo, RString>,
     /// 0: cannot run on this CPU; higher is better.
     pub score: extern "C" fn(&CpuInfo) -> RResult<u32, RString>,
-    pub matmul: for<'a> extern "C" fn(MatmulArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub attention: for<'a> extern "C" fn(AttentionArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub rms_norm: for<'a> extern "C" fn(RmsNormArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub rope: for<'a> extern "C" fn(RopeArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub softmax: for<'a> extern "C" fn(SoftmaxArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub unary: for<'a> extern "C" fn(UnaryArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub binary: for<'a> extern "C" fn(BinaryArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub glu: for<'a> extern "C" fn(GluArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub dequantize: for<'a> extern "C" fn(DequantizeArgs<'a>, &PoolRef<'a>) -> OpResult,
-    pub quantize: for<'a> extern "C" fn(QuantizeArgs<'a>, &PoolRef<'a>) -> OpResult,
+    pub matmul: for<'a, 'p> extern "C" fn(MatmulArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub attention: for<'a, 'p> extern "C" fn(AttentionArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub rms_norm: for<'a, 'p> extern "C" fn(RmsNormArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub rope: for<'a, 'p> extern "C" fn(RopeArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub softmax: for<'a, 'p> extern "C" fn(SoftmaxArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub unary: for<'a, 'p> extern "C" fn(UnaryArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub binary: for<'a, 'p> extern "C" fn(BinaryArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub glu: for<'a, 'p> extern "C" fn(GluArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub dequantize: for<'a, 'p> extern "C" fn(DequantizeArgs<'a>, &PoolRef<'p>) -> OpResult,
+    pub quantize: for<'a, 'p> extern "C" fn(QuantizeArgs<'a>, &PoolRef<'p>) -> OpResult,
     /// Repacks a weight once at load; `RNone` keeps it zero-copy in the mmap.
     #[sabi(last_prefix_field)]
     pub prepare_weight:
@@ -298,7 +298,7 @@ pub trait KernelImpl: 'static {
 macro_rules! op_shims {
     ($($op:ident : $args:ident;)*) => {
         $(
-            extern "C" fn $op<'a, K: KernelImpl>(args: $args<'a>, pool: &PoolRef<'a>) -> OpResult {
+            extern "C" fn $op<'a, 'p, K: KernelImpl>(args: $args<'a>, pool: &PoolRef<'p>) -> OpResult {
                 guard(stringify!($op), || K::$op(args, pool))
             }
         )*

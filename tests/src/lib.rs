@@ -9,3 +9,5 @@
 pub mod calls;
 pub mod cpu;
 pub mod fixtures;
+pub mod golden;
+pub mod models;

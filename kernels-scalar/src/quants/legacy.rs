@@ -254,6 +254,42 @@ pub(super) fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+// --------------------------------------------------- activation quantization (llama.cpp CPU)
+
+/// Q8_0/Q8_1 quantization of *activations* as llama.cpp's x86 CPU backend does it
+/// (`quantize_row_q8_0`/`_q8_1` in ggml-cpu/arch/x86/quants.c, the path of every AVX/AVX2/
+/// AVX-512 build): scale `d = amax/127`, multiplier `127/amax` (not `1/d`), rounding half to
+/// even (not away from zero). It differs from the reference in the last bit of a few values;
+/// matching it keeps our logits within llama.cpp's own noise on the files it ran.
+fn quantize_q8_block_x86(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // cvtps_epi32 then two saturating packs.
+        let qi = ((v * id).round_ties_even() as i32).clamp(-128, 127);
+        *q = qi as i8 as u8;
+        sum += qi;
+    }
+    (d, sum)
+}
+
+pub(super) fn quantize_q8_0_activations(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+        let (d, _) = quantize_q8_block_x86(x, &mut b[2..34]);
+        put_f16(b, 0, d);
+    }
+}
+
+pub(super) fn quantize_q8_1_activations(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(36)) {
+        let (d, sum) = quantize_q8_block_x86(x, &mut b[4..36]);
+        put_f16(b, 0, d);
+        put_f16(b, 2, d * sum as f32);
+    }
+}
+
 // ---------------------------------------------------------------- vec_dot (the *_generic)
 
 fn i8s(b: &[u8]) -> impl Iterator<Item = i32> + '_ {

@@ -81,6 +81,19 @@ pub fn quantize_row(t: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Stri
     Ok(())
 }
 
+/// Quantizes a row of activations for a dot product, the way llama.cpp's CPU backend does
+/// on x86: like [`quantize_row`], except Q8_0 and Q8_1, which follow its SIMD quantizer
+/// (see `legacy::quantize_q8_block_x86`). Storage (weights, files) uses [`quantize_row`].
+pub fn quantize_activations(t: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), String> {
+    check_bytes(t, src.len(), dst.len(), "destination")?;
+    match t {
+        GgmlType::Q8_0 => legacy::quantize_q8_0_activations(src, dst),
+        GgmlType::Q8_1 => legacy::quantize_q8_1_activations(src, dst),
+        _ => return quantize_row(t, src, dst),
+    }
+    Ok(())
+}
+
 /// The type activations are quantized to before a dot product with weights of type `t`
 /// (`vec_dot_type` of ggml-cpu's `type_traits_cpu`).
 pub const fn vec_dot_type(t: GgmlType) -> GgmlType {

@@ -1,0 +1,5 @@
+//! The subcommands that run a model. `main.rs` parses flags and dispatches here.
+
+pub mod args;
+pub mod perplexity;
+pub mod run;
