@@ -79,6 +79,29 @@ impl ModelStack {
         }
     }
 
+    /// Opens the GGUF file at `path` (a synthetic model under `tests/data`, say) the way
+    /// [`ModelStack::open`] opens a fetched one.
+    pub fn open_path(path: &Path) -> ModelStack {
+        let file = GgufFile::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cpu = llmhost::cpu::detect();
+        let registry = PluginRegistry::discover(&cpu, &PluginSources::only([plugin_dir()]));
+        let forced = std::env::var("LLMHOST_TEST_KERNEL").ok();
+        let kernels = registry
+            .select_kernel(forced.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .kernels;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let pool = ThreadPool::new(threads, None).expect("thread pool");
+        let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap_or_else(|e| panic!("{e}"));
+        ModelStack {
+            file,
+            registry,
+            kernels,
+            pool,
+            tokenizer,
+        }
+    }
+
     pub fn engine(&self, n_ctx: usize) -> Engine<'_> {
         Engine::load(
             &self.file,

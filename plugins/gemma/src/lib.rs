@@ -20,6 +20,10 @@ const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 /// One global layer in every this many (the last of each group).
 const GEMMA3_SWA_PATTERN: usize = 6;
 
+/// Layer counts of Gemma 2 27B and Gemma 3 27B.
+const GEMMA2_27B_LAYERS: usize = 46;
+const GEMMA3_27B_LAYERS: usize = 62;
+
 pub struct Gemma;
 
 fn family(architecture: &str, hp: &HParams<'_, '_>) -> Result<Family, String> {
@@ -74,7 +78,16 @@ impl ArchImpl for Gemma {
             },
             _ => global,
         };
-        let dims = Dims::read(&hp, tensors, 10_000.0, plan)?;
+        let mut dims = Dims::read(&hp, tensors, 10_000.0, plan)?;
+        // The 27B models scale queries by 1/√(n_embd/n_head) instead of 1/√head_dim
+        // (their query_pre_attn_scalar); GGUF has no key for it, so llama.cpp recognises them
+        // by their layer count, and so do we.
+        let n_layer = dims.layers.len();
+        if (architecture == "gemma2" && n_layer == GEMMA2_27B_LAYERS)
+            || (architecture == "gemma3" && n_layer == GEMMA3_27B_LAYERS)
+        {
+            dims.attn_scale = 1.0 / ((dims.n_embd / dims.n_head) as f32).sqrt();
+        }
         Decoder::load(family(architecture, &hp)?, dims, tensors)
     }
 }
