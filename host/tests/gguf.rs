@@ -367,7 +367,7 @@ fn bad_magic() {
     expect_err(
         valid().magic(*b"GGML").to_bytes(),
         ErrorKind::NotGguf,
-        &["starts with GGML", "at byte 0", "not a GGUF"],
+        &["starts with \"GGML\"", "at byte 0", "not a GGUF"],
     );
     expect_err(
         b"{\"x\":1}".to_vec(),

@@ -355,8 +355,9 @@ pub(crate) fn parse(bytes: &[u8], file: &str) -> Result<Parsed, GgufError> {
         return Err(r.err(
             ErrorKind::NotGguf,
             format!(
-                "the file starts with {} instead of \"GGUF\"",
-                printable_bytes(&magic)
+                // Escaped: the bytes of a non-GGUF file are rarely printable.
+                "the file starts with \"{}\" instead of \"GGUF\"",
+                magic.escape_ascii()
             ),
             Ctx::File,
             0,
