@@ -10,7 +10,6 @@ use llmhost::gguf::GgufFile;
 use llmhost::tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -39,26 +38,8 @@ fn read_json(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The path of model `name`, fetched into the cache first if it is missing (the script prints
-/// the path on its last stdout line).
-fn model_path(name: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch_models.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["--path", name])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} --path {name} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(path.is_file(), "{name}: {path:?} is not a file");
-    path
-}
+mod common;
+use common::model_path;
 
 fn tokenizer(model: usize) -> &'static Tokenizer {
     static TOKS: [OnceLock<Tokenizer>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];

@@ -58,25 +58,7 @@ pub struct ModelStack {
 impl ModelStack {
     /// Opens model `name` with the kernel plugin `LLMHOST_TEST_KERNEL` names, or the best one.
     pub fn open(name: &str) -> ModelStack {
-        let path = model_path(name);
-        let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        let cpu = llmhost::cpu::detect();
-        let registry = PluginRegistry::discover(&cpu, &PluginSources::only([plugin_dir()]));
-        let forced = std::env::var("LLMHOST_TEST_KERNEL").ok();
-        let kernels = registry
-            .select_kernel(forced.as_deref())
-            .unwrap_or_else(|e| panic!("{e}"))
-            .kernels;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let pool = ThreadPool::new(threads, None).expect("thread pool");
-        let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap_or_else(|e| panic!("{e}"));
-        ModelStack {
-            file,
-            registry,
-            kernels,
-            pool,
-            tokenizer,
-        }
+        ModelStack::open_path(&model_path(name))
     }
 
     /// Opens the GGUF file at `path` (a synthetic model under `tests/data`, say) the way

@@ -35,6 +35,30 @@ pub struct Family {
     pub final_softcap: f32,
 }
 
+impl Family {
+    /// A Llama-like family: SwiGLU, no extra norms, no soft-capping, unscaled embeddings.
+    pub fn plain(architecture: &str, rope_mode: RopeMode) -> Family {
+        Family {
+            architecture: architecture.into(),
+            rope_mode,
+            ffn: GluKind::Silu,
+            scale_embeddings: false,
+            qk_norm: false,
+            post_norms: false,
+            attn_softcap: 0.0,
+            final_softcap: 0.0,
+        }
+    }
+}
+
+/// Loads a family whose layers are all global with the model's RoPE base (Llama, Qwen2).
+pub fn load_uniform(args: plugin_api::LoadArgs<'_>, family: Family) -> Result<Decoder, String> {
+    let tensors = args.tensors.as_slice();
+    let hp = crate::hparams::HParams::new(&args.metadata, &family.architecture);
+    let dims = Dims::read(&hp, tensors, 10_000.0, |_, plan| plan)?;
+    Decoder::load(family, dims, tensors)
+}
+
 /// Per-layer choices.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerPlan {

@@ -30,8 +30,6 @@ fn family(architecture: &str, hp: &HParams<'_, '_>) -> Result<Family, String> {
     let gemma2 = architecture == "gemma2";
     let gemma3 = architecture == "gemma3";
     Ok(Family {
-        architecture: architecture.into(),
-        rope_mode: RopeMode::Neox,
         ffn: GluKind::Gelu,
         scale_embeddings: true,
         qk_norm: gemma3,
@@ -46,6 +44,7 @@ fn family(architecture: &str, hp: &HParams<'_, '_>) -> Result<Family, String> {
         } else {
             0.0
         },
+        ..Family::plain(architecture, RopeMode::Neox)
     })
 }
 

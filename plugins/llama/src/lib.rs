@@ -1,9 +1,8 @@
 //! The Llama family (`general.architecture = "llama"`): pre-norm blocks, RoPE on adjacent
 //! pairs (GGUF's Llama conversion permutes Q/K for it), SwiGLU, optional tied embeddings.
 
-use arch_common::decoder::{Decoder, Dims, Family};
-use arch_common::hparams::HParams;
-use plugin_api::{ArchImpl, ArchInfo, GluKind, LoadArgs, RopeMode};
+use arch_common::decoder::{load_uniform, Decoder, Family};
+use plugin_api::{ArchImpl, ArchInfo, LoadArgs, RopeMode};
 
 pub struct Llama;
 
@@ -19,20 +18,7 @@ impl ArchImpl for Llama {
     }
 
     fn load(args: LoadArgs<'_>) -> Result<Decoder, String> {
-        let tensors = args.tensors.as_slice();
-        let hp = HParams::new(&args.metadata, "llama");
-        let dims = Dims::read(&hp, tensors, 10_000.0, |_, plan| plan)?;
-        let family = Family {
-            architecture: "llama".into(),
-            rope_mode: RopeMode::Normal,
-            ffn: GluKind::Silu,
-            scale_embeddings: false,
-            qk_norm: false,
-            post_norms: false,
-            attn_softcap: 0.0,
-            final_softcap: 0.0,
-        };
-        Decoder::load(family, dims, tensors)
+        load_uniform(args, Family::plain("llama", RopeMode::Normal))
     }
 }
 

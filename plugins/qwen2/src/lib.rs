@@ -1,10 +1,9 @@
 //! The Qwen2 family (`general.architecture = "qwen2"`, Qwen2 and Qwen2.5): like Llama, with
-//! biases on Q, K and V (loaded when present), NeoX-style RoPE (split halves), and tied
-//! embeddings in the small models.
+//! biases on Q, K and V (the decoder loads them when present), NeoX-style RoPE (split
+//! halves), and tied embeddings in the small models.
 
-use arch_common::decoder::{Decoder, Dims, Family};
-use arch_common::hparams::HParams;
-use plugin_api::{ArchImpl, ArchInfo, GluKind, LoadArgs, RopeMode};
+use arch_common::decoder::{load_uniform, Decoder, Family};
+use plugin_api::{ArchImpl, ArchInfo, LoadArgs, RopeMode};
 
 pub struct Qwen2;
 
@@ -20,20 +19,7 @@ impl ArchImpl for Qwen2 {
     }
 
     fn load(args: LoadArgs<'_>) -> Result<Decoder, String> {
-        let tensors = args.tensors.as_slice();
-        let hp = HParams::new(&args.metadata, "qwen2");
-        let dims = Dims::read(&hp, tensors, 10_000.0, |_, plan| plan)?;
-        let family = Family {
-            architecture: "qwen2".into(),
-            rope_mode: RopeMode::Neox,
-            ffn: GluKind::Silu,
-            scale_embeddings: false,
-            qk_norm: false,
-            post_norms: false,
-            attn_softcap: 0.0,
-            final_softcap: 0.0,
-        };
-        Decoder::load(family, dims, tensors)
+        load_uniform(args, Family::plain("qwen2", RopeMode::Neox))
     }
 }
 
