@@ -85,17 +85,19 @@ pub struct GenerationConfig {
 }
 
 impl Default for GenerationConfig {
+    /// The sampling defaults are the sampler's (llama.cpp's), stated once there.
     fn default() -> Self {
+        let s = crate::sampler::SamplerConfig::default();
         GenerationConfig {
             max_tokens: 256,
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            repeat_last_n: s.repeat_last_n,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
             seed: None,
             stop: Vec::new(),
             system: String::new(),
