@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use llmhost::{
-    commands::{perplexity::PerplexityArgs, run::RunArgs},
+    commands::{bench::BenchArgs, perplexity::PerplexityArgs, run::RunArgs},
     cpu,
     plugins::{PluginKind, PluginRegistry, PluginStatus},
     report,
@@ -57,6 +57,10 @@ enum Command {
     /// Perplexity of a text file, computed as llama-perplexity does (chunks of -c tokens,
     /// default 512; the second half of each chunk scored), so the numbers compare.
     Perplexity(PerplexityArgs),
+    /// Measure prompt processing (ppN) and generation (tgN) speed the way llama-bench does,
+    /// with its flags, table and JSON fields, so the numbers compare; or, with
+    /// --memory-bandwidth, this machine's sustained memory read bandwidth.
+    Bench(BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Perplexity(args) => {
             llmhost::commands::perplexity::run(&args, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            llmhost::commands::bench::run(&args, &settings)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -67,6 +67,29 @@ fn info_with_only_scalar_picks_scalar_and_says_why() {
     );
 }
 
+/// With every plugin the build made (the executable's directory), `info` picks the SIMD
+/// plugin this CPU runs: kernels-avx2 on any x86-64 with AVX2, FMA and F16C.
+#[test]
+fn info_picks_the_best_kernel_plugin_this_cpu_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("llmhost.toml");
+    std::fs::write(&config, "").unwrap();
+    let (out, stdout, stderr) = run(llmhost().args(config_arg(&config)).arg("info"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    #[cfg(target_arch = "x86_64")]
+    let want = if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        "Kernel plugin: kernels-avx2"
+    } else {
+        "Kernel plugin: kernels-scalar"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let want = "Kernel plugin: kernels-scalar";
+    assert!(stdout.contains(want), "{stdout}");
+}
+
 #[test]
 fn info_shows_the_features_the_cpu_has() {
     let (_dir, config) = scalar_only_setup();

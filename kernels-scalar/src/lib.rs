@@ -1,41 +1,20 @@
 //! # kernels-scalar: the reference kernel plugin
 //!
-//! Portable, readable implementations of every op of the kernel table. They follow ggml's
-//! reference (non-SIMD) code paths — activations quantized to the weight type's dot-product
-//! partner, integer sums per block, float scaling in the same order — so that this plugin is
-//! both a usable fallback on any CPU and the numerical oracle every SIMD kernel plugin is
-//! property-tested against.
-//!
-//! Each op module has a `pub fn` that works on plain slices (what the oracle tests call) and
-//! the plugin's `KernelImpl` entry point, which validates the ABI arguments with [`check`]
-//! and splits the work over the host's pool.
+//! The plugin face of [`kernels_reference`]: portable implementations of every op, usable on
+//! any CPU, and the numerical oracle every SIMD kernel plugin is tested against. The code
+//! lives in that library (re-exported here whole) so other plugins can link it without
+//! linking this plugin's exported symbols.
 
-pub mod attention;
-pub mod check;
-pub mod elementwise;
-pub mod matmul;
-pub mod norm;
-pub mod quants;
-pub mod rope;
-pub mod split;
+pub use kernels_reference::*;
 
 use plugin_api::{
-    abi_stable::std_types::RVec, AttentionArgs, BinaryArgs, CpuInfo, DequantizeArgs, GgmlType,
-    GluArgs, Isa, KernelImpl, KernelInfo, MatmulArgs, PoolRef, QuantizeArgs, RmsNormArgs, RopeArgs,
-    SoftmaxArgs, UnaryArgs,
+    abi_stable::std_types::RVec, AttentionArgs, BinaryArgs, CpuInfo, DequantizeArgs, GluArgs, Isa,
+    KernelImpl, KernelInfo, MatmulArgs, PoolRef, QuantizeArgs, RmsNormArgs, RopeArgs, SoftmaxArgs,
+    UnaryArgs,
 };
 
 /// The reference kernels as a plugin.
 pub struct ScalarKernels;
-
-/// Weight types `matmul` accepts: every type except Q8_1, which ggml only uses for
-/// activations (it has no Q8_1 weight path to match).
-pub fn weight_types() -> Vec<GgmlType> {
-    GgmlType::ALL
-        .into_iter()
-        .filter(|t| *t != GgmlType::Q8_1)
-        .collect()
-}
 
 impl KernelImpl for ScalarKernels {
     fn info() -> KernelInfo {

@@ -310,36 +310,6 @@ fn attention_sees_nothing_masked() {
     assert_eq!(out, v[..d]);
 }
 
-/// A pool that really runs tasks on several threads (spawned per call: fine for tests), so
-/// that the ops' splitting of work and of their output is exercised.
-struct ScopedPool(usize);
-
-impl ThreadPool for ScopedPool {
-    fn n_threads(&self) -> usize {
-        self.0
-    }
-
-    fn parallel_for(
-        &self,
-        n_tasks: usize,
-        body: plugin_api::pool::TaskBody_TO<'_, plugin_api::abi_stable::sabi_types::RRef<'_, ()>>,
-    ) {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for thread in 0..self.0 {
-                let (next, body) = (&next, &body);
-                s.spawn(move || loop {
-                    let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if task >= n_tasks {
-                        break;
-                    }
-                    body.run(task, thread);
-                });
-            }
-        });
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -364,13 +334,13 @@ proptest! {
         let (in_stride, out_stride) = (cols + in_pad, rows + out_pad);
         let x = uniform(seed ^ 0x5bd1, (n_batch - 1) * in_stride + cols);
         let mut y = vec![f32::NAN; (n_batch - 1) * out_stride + rows];
-        let pool = ScopedPool(3);
+        let pool = SpawningPool(3);
         let args = MatmulArgs {
             weight: WeightRef { dtype: t, layout: 0, rows, cols, data: RSlice::from_slice(&w) },
             input: RSlice::from_slice(&x), input_stride: in_stride, n_batch,
             output: RSliceMut::from_mut_slice(&mut y), output_stride: out_stride,
         };
-        ScalarKernels::matmul(args, &plugin_api::pool::ThreadPool_TO::from_ptr(&pool, plugin_api::abi_stable::sabi_trait::TD_Opaque)).unwrap();
+        ScalarKernels::matmul(args, &pool.pool_ref()).unwrap();
 
         let xt = quants::vec_dot_type(t);
         let x_row_bytes = xt.row_bytes(cols).unwrap();

@@ -55,6 +55,42 @@ pub struct MatmulArgs<'a> {
     pub output_stride: usize,
 }
 
+/// One product of a [`FusedMatmulArgs`]: `output[b] (+)= weight · input[b] (+ bias)`.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct MatmulTarget<'a> {
+    pub weight: WeightRef<'a>,
+    /// `weight.rows` values added to every output row.
+    pub bias: ROption<RSlice<'a, f32>>,
+    /// `n_batch` rows of `weight.rows` floats, `output_stride` floats apart.
+    pub output: RSliceMut<'a, f32>,
+    pub output_stride: usize,
+    /// Add the product to what `output` holds (a residual connection) instead of overwriting.
+    pub accumulate: bool,
+}
+
+/// Several matmuls reading one input, run as one op: the input is (optionally RMS-normalised
+/// and) quantized once and every product is split over the pool in a single pass. This is how
+/// a layer computes Q, K and V, or the feed-forward's gate and up, with one synchronisation
+/// point instead of five.
+///
+/// Results equal, up to float summation order, `rms_norm` (when `norm` is set), then for each
+/// target `matmul`, the bias added, and the result added to the output when `accumulate`.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FusedMatmulArgs<'a> {
+    /// `n_batch` rows of `cols` floats, `input_stride` floats apart; every target's weight has
+    /// `cols` columns.
+    pub input: RSlice<'a, f32>,
+    pub input_stride: usize,
+    pub n_batch: usize,
+    pub cols: usize,
+    /// When set, each input row is first RMS-normalised with these `cols` multipliers.
+    pub norm: ROption<RSlice<'a, f32>>,
+    pub norm_eps: f32,
+    pub targets: RSliceMut<'a, MatmulTarget<'a>>,
+}
+
 /// One side (keys or values) of a sequence's KV cache: `kv_len` token rows, each holding
 /// `n_head_kv` heads of `head_dim` elements of `dtype` (F32 or F16).
 #[repr(C)]
@@ -242,7 +278,7 @@ pub type OpResult = RResult<(), RString>;
 
 /// The root module of a kernel plugin: its self-description and its op table.
 ///
-/// Fields after `prepare_weight` (added in later API versions) are optional: a host reads them
+/// Fields after `fused_matmul` (added in later API versions) are optional: a host reads them
 /// through accessors that return `None` for an older plugin.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -263,9 +299,10 @@ pub struct KernelPlugin {
     pub dequantize: for<'a, 'p> extern "C" fn(DequantizeArgs<'a>, &PoolRef<'p>) -> OpResult,
     pub quantize: for<'a, 'p> extern "C" fn(QuantizeArgs<'a>, &PoolRef<'p>) -> OpResult,
     /// Repacks a weight once at load; `RNone` keeps it zero-copy in the mmap.
-    #[sabi(last_prefix_field)]
     pub prepare_weight:
         for<'a> extern "C" fn(WeightRef<'a>) -> RResult<ROption<PreparedWeight>, RString>,
+    #[sabi(last_prefix_field)]
+    pub fused_matmul: for<'a, 'p> extern "C" fn(FusedMatmulArgs<'a>, &PoolRef<'p>) -> OpResult,
 }
 
 impl RootModule for KernelPluginRef {
@@ -293,6 +330,108 @@ pub trait KernelImpl: 'static {
     fn prepare_weight(_weight: WeightRef<'_>) -> Result<Option<PreparedWeight>, String> {
         Ok(None)
     }
+    /// By default, the fused ops one after the other (what a plugin without a fused path
+    /// computes anyway).
+    fn fused_matmul(args: FusedMatmulArgs<'_>, pool: &PoolRef<'_>) -> Result<(), String> {
+        fused_matmul_unfused::<Self>(args, pool)
+    }
+}
+
+/// [`KernelImpl::fused_matmul`] as separate `rms_norm`, `matmul` and `binary` ops.
+pub fn fused_matmul_unfused<K: KernelImpl + ?Sized>(
+    mut args: FusedMatmulArgs<'_>,
+    pool: &PoolRef<'_>,
+) -> Result<(), String> {
+    let (n, cols, stride) = (args.n_batch, args.cols, args.input_stride);
+    let input = args.input.as_slice();
+    if n > 0 && (stride < cols || input.len() < (n - 1) * stride + cols) {
+        return Err(format!(
+            "input holds {} floats, {n} rows of {cols} {stride} apart do not fit",
+            input.len()
+        ));
+    }
+    let normed: Vec<f32>;
+    let (x, x_stride) = match args.norm {
+        ROption::RSome(w) => {
+            let mut packed = Vec::with_capacity(n * cols);
+            for b in 0..n {
+                packed.extend_from_slice(&input[b * stride..][..cols]);
+            }
+            let mut out = vec![0f32; n * cols];
+            K::rms_norm(
+                RmsNormArgs {
+                    x: RSlice::from_slice(&packed),
+                    out: RSliceMut::from_mut_slice(&mut out),
+                    weight: ROption::RSome(w),
+                    rows: n,
+                    dim: cols,
+                    eps: args.norm_eps,
+                },
+                pool,
+            )?;
+            normed = out;
+            (normed.as_slice(), cols)
+        }
+        ROption::RNone => (input, stride),
+    };
+    for t in args.targets.as_mut_slice() {
+        let rows = t.weight.rows;
+        let direct = !t.accumulate && t.bias.is_none();
+        let mut tmp = if direct {
+            Vec::new()
+        } else {
+            vec![0f32; n * rows]
+        };
+        let (out, out_stride) = if direct {
+            (t.output.as_mut_slice(), t.output_stride)
+        } else {
+            (tmp.as_mut_slice(), rows)
+        };
+        K::matmul(
+            MatmulArgs {
+                weight: t.weight,
+                input: RSlice::from_slice(x),
+                input_stride: x_stride,
+                n_batch: n,
+                output: RSliceMut::from_mut_slice(out),
+                output_stride: out_stride,
+            },
+            pool,
+        )?;
+        if direct {
+            continue;
+        }
+        if let ROption::RSome(bias) = &t.bias {
+            K::binary(
+                BinaryArgs {
+                    op: BinaryOp::Add,
+                    a: RSliceMut::from_mut_slice(&mut tmp),
+                    b: *bias,
+                    rows: n,
+                    cols: rows,
+                },
+                pool,
+            )?;
+        }
+        let dst = t.output.as_mut_slice();
+        let os = t.output_stride;
+        if n > 0 && (os < rows || dst.len() < (n - 1) * os + rows) {
+            return Err(format!(
+                "output holds {} floats, {n} rows of {rows} {os} apart do not fit",
+                dst.len()
+            ));
+        }
+        for b in 0..n {
+            let row = &mut dst[b * os..][..rows];
+            let src = &tmp[b * rows..][..rows];
+            if t.accumulate {
+                row.iter_mut().zip(src).for_each(|(o, v)| *o += v);
+            } else {
+                row.copy_from_slice(src);
+            }
+        }
+    }
+    Ok(())
 }
 
 macro_rules! op_shims {
@@ -350,4 +489,5 @@ op_shims! {
     glu: GluArgs;
     dequantize: DequantizeArgs;
     quantize: QuantizeArgs;
+    fused_matmul: FusedMatmulArgs;
 }

@@ -35,11 +35,12 @@ pub use arch::{
 pub use cpu::{CpuFeatures, CpuInfo, Isa};
 pub use ggml_type::{GgmlType, QK_K};
 pub use kernel::{
-    AttentionArgs, BinaryArgs, BinaryOp, DequantizeArgs, GluArgs, GluKind, KernelImpl, KernelInfo,
-    KernelPlugin, KernelPluginRef, KvRef, MatmulArgs, OpResult, PreparedWeight, QuantizeArgs,
-    RmsNormArgs, RopeArgs, RopeMode, SoftmaxArgs, UnaryArgs, UnaryOp, WeightRef,
+    AttentionArgs, BinaryArgs, BinaryOp, DequantizeArgs, FusedMatmulArgs, GluArgs, GluKind,
+    KernelImpl, KernelInfo, KernelPlugin, KernelPluginRef, KvRef, MatmulArgs, MatmulTarget,
+    OpResult, PreparedWeight, QuantizeArgs, RmsNormArgs, RopeArgs, RopeMode, SoftmaxArgs,
+    UnaryArgs, UnaryOp, WeightRef,
 };
-pub use pool::{parallel_for, InlinePool, PoolRef, TaskBody, ThreadPool};
+pub use pool::{parallel_for, InlinePool, PoolRef, SpawningPool, TaskBody, ThreadPool};
 
 /// The version of this crate: a plugin built against a different minor (0.x) or major version
 /// is refused with a message naming both.

@@ -105,3 +105,37 @@ impl InlinePool {
         ThreadPool_TO::from_ptr(&INLINE, TD_Opaque)
     }
 }
+
+/// A pool that runs tasks on `n` threads spawned for each call, handing tasks out through an
+/// atomic counter: for tests of kernel plugins, so that their splitting of work and output is
+/// exercised on real threads without the host's pool.
+pub struct SpawningPool(pub usize);
+
+impl ThreadPool for SpawningPool {
+    fn n_threads(&self) -> usize {
+        self.0.max(1)
+    }
+
+    fn parallel_for(&self, n_tasks: usize, body: TaskBody_TO<'_, RRef<'_, ()>>) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for thread in 0..self.0.max(1) {
+                let (next, body) = (&next, &body);
+                s.spawn(move || loop {
+                    let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if task >= n_tasks {
+                        break;
+                    }
+                    body.run(task, thread);
+                });
+            }
+        });
+    }
+}
+
+impl SpawningPool {
+    /// This pool as the [`PoolRef`] ops take.
+    pub fn pool_ref(&self) -> PoolRef<'_> {
+        ThreadPool_TO::from_ptr(self, TD_Opaque)
+    }
+}

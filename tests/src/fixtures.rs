@@ -162,8 +162,8 @@ pub fn plugin_dir(name: &str, libs: &[PathBuf]) -> PathBuf {
 /// A fixture kernel plugin built against a modified copy of plugin-api.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiVariant {
-    /// `MatmulArgs` has an extra field, while the version stays the same: abi_stable's layout
-    /// check must refuse it at load.
+    /// `SoftmaxArgs` has an extra field (a struct plugin-api's own code never builds), while
+    /// the version stays the same: abi_stable's layout check must refuse it at load.
     ChangedLayout,
     /// plugin-api's version is bumped to the next incompatible one (in `Cargo.toml` and in the
     /// manifest macro): the host must refuse it from its manifest, before opening it.
@@ -241,8 +241,8 @@ pub fn build_api_variant(variant: ApiVariant) -> PathBuf {
                 (ApiVariant::ChangedLayout, "kernel.rs") => {
                     text = edit(
                         &text,
-                        "pub struct MatmulArgs<'a> {\n",
-                        "pub struct MatmulArgs<'a> {\n    pub fixture_abi_change: u64,\n",
+                        "pub struct SoftmaxArgs<'a> {\n",
+                        "pub struct SoftmaxArgs<'a> {\n    pub fixture_abi_change: u64,\n",
                     );
                 }
                 (ApiVariant::BumpedVersion, "manifest.rs") => {

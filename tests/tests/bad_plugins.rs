@@ -120,7 +120,7 @@ fn a_plugin_with_a_changed_abi_layout_fails_in_one_line() {
             "plugin 'kernels-abi-changed'",
             &path.display().to_string(),
             "failed to load",
-            "layout check failed: MatmulArgs<'a>: incompatible type size",
+            "layout check failed: SoftmaxArgs<'a>: incompatible type size",
             &format!("both say plugin-api {PLUGIN_API_VERSION}"),
             "rebuild it",
         ],

@@ -5,10 +5,9 @@
 //! figures were made on a Zen 3 AVX2 machine, and the same llama.cpp built on this project's
 //! Zen 4 machine gives, for SmolLM2, 18.4942 with flash attention (its default; +0.62 %) and
 //! 18.3875 without (+0.04 %), against the golden 18.3800. Gemma 3 (14.9296, -0.14 %) and
-//! Qwen2.5 (5.8847, -0.29 %) are within the 0.5 %, which their tests assert. They take
-//! 10–20 minutes each on the scalar kernels, so they are ignored by default (run them with
-//! `cargo test -p llmhost-tests --test golden_perplexity -- --ignored`) until a SIMD kernel
-//! plugin makes them cheap enough for CI.
+//! Qwen2.5 (5.8847, -0.29 %) are within the 0.5 %, which their tests assert. They run
+//! on the best kernel plugin of the machine (`LLMHOST_TEST_KERNEL` forces one): a minute each
+//! with kernels-avx2, 10–20 minutes on the scalar kernels.
 
 use llmhost::perplexity::perplexity;
 use llmhost_tests::golden;
@@ -60,13 +59,11 @@ fn smollm2_135m_perplexity_matches_llama_cpp() {
 }
 
 #[test]
-#[ignore = "10+ minutes on the scalar kernels; run with --ignored"]
 fn gemma3_270m_perplexity_matches_llama_cpp() {
     check("gemma3-270m", "gemma3-270m-q4_k_m", 0.005);
 }
 
 #[test]
-#[ignore = "15+ minutes on the scalar kernels; run with --ignored"]
 fn qwen25_coder_05b_perplexity_matches_llama_cpp() {
     check("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-q4_k_m", 0.005);
 }

@@ -1,5 +1,6 @@
 //! The subcommands that run a model. `main.rs` parses flags and dispatches here.
 
 pub mod args;
+pub mod bench;
 pub mod perplexity;
 pub mod run;

@@ -8,7 +8,7 @@
 //! A batch may mix tokens of several sequences: the matrix products run over the whole batch,
 //! attention runs per sequence against that sequence's cache.
 
-use crate::ops::{Attention, Ops};
+use crate::ops::{Attention, Ops, Product};
 use crate::tensors::{self, MatrixId, TensorIndex};
 use abi_stable::std_types::RSlice;
 use plugin_api::{
@@ -303,7 +303,6 @@ impl Decoder {
             }
         }
 
-        let mut xn = vec![0f32; n * e];
         let mut q = vec![0f32; n * q_dim];
         let mut k = vec![0f32; n * kv_dim];
         let mut v = vec![0f32; n * kv_dim];
@@ -318,19 +317,17 @@ impl Decoder {
 
         for (l, (layer, plan)) in self.layers.iter().zip(&d.layers).enumerate() {
             // Attention.
-            ops.rms_norm(&x, Some(&layer.attn_norm), n, e, d.norm_eps, &mut xn)?;
-            ops.matmul(tensors::weight(t, layer.wq), &xn, n, &mut q)?;
-            ops.matmul(tensors::weight(t, layer.wk), &xn, n, &mut k)?;
-            ops.matmul(tensors::weight(t, layer.wv), &xn, n, &mut v)?;
-            for (buf, bias, dim) in [
-                (&mut q, &layer.bq, q_dim),
-                (&mut k, &layer.bk, kv_dim),
-                (&mut v, &layer.bv, kv_dim),
-            ] {
-                if let Some(b) = bias {
-                    ops.binary(BinaryOp::Add, buf, b, n, dim)?;
-                }
-            }
+            ops.fused_matmul(
+                &x,
+                n,
+                e,
+                Some((&layer.attn_norm, d.norm_eps)),
+                vec![
+                    product(t, layer.wq, layer.bq.as_deref(), &mut q),
+                    product(t, layer.wk, layer.bk.as_deref(), &mut k),
+                    product(t, layer.wv, layer.bv.as_deref(), &mut v),
+                ],
+            )?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 ops.rms_norm_in_place(
                     &mut q,
@@ -407,22 +404,43 @@ impl Decoder {
                     attn[i * q_dim..][..q_dim].copy_from_slice(&out_seq[j * q_dim..][..q_dim]);
                 }
             }
-            ops.matmul(tensors::weight(t, layer.wo), &attn, n, &mut o)?;
-            if let Some(w) = &layer.post_attn_norm {
-                ops.rms_norm_in_place(&mut o, Some(w), n, e, d.norm_eps, &mut scratch)?;
-            }
-            ops.binary(BinaryOp::Add, &mut x, &o, n, e)?;
+            self.project_residual(
+                &ops,
+                t,
+                layer.wo,
+                &attn,
+                q_dim,
+                n,
+                &layer.post_attn_norm,
+                &mut x,
+                &mut o,
+                &mut scratch,
+            )?;
 
             // Feed-forward.
-            ops.rms_norm(&x, Some(&layer.ffn_norm), n, e, d.norm_eps, &mut xn)?;
-            ops.matmul(tensors::weight(t, layer.gate), &xn, n, &mut gate)?;
-            ops.matmul(tensors::weight(t, layer.up), &xn, n, &mut up)?;
+            ops.fused_matmul(
+                &x,
+                n,
+                e,
+                Some((&layer.ffn_norm, d.norm_eps)),
+                vec![
+                    product(t, layer.gate, None, &mut gate),
+                    product(t, layer.up, None, &mut up),
+                ],
+            )?;
             ops.glu(f.ffn, &mut gate, &up)?;
-            ops.matmul(tensors::weight(t, layer.down), &gate, n, &mut o)?;
-            if let Some(w) = &layer.post_ffn_norm {
-                ops.rms_norm_in_place(&mut o, Some(w), n, e, d.norm_eps, &mut scratch)?;
-            }
-            ops.binary(BinaryOp::Add, &mut x, &o, n, e)?;
+            self.project_residual(
+                &ops,
+                t,
+                layer.down,
+                &gate,
+                d.n_ff,
+                n,
+                &layer.post_ffn_norm,
+                &mut x,
+                &mut o,
+                &mut scratch,
+            )?;
         }
 
         // Logits of the wanted tokens.
@@ -450,6 +468,61 @@ impl Decoder {
             ops.unary(UnaryOp::Softcap, out, f.final_softcap)?;
         }
         Ok(())
+    }
+}
+
+/// `out = w · x (+ bias)` as a product of [`Ops::fused_matmul`].
+fn product<'a>(
+    t: &'a [TensorRef<'a>],
+    w: MatrixId,
+    bias: Option<&'a [f32]>,
+    out: &'a mut [f32],
+) -> Product<'a> {
+    Product {
+        w: tensors::weight(t, w),
+        bias,
+        out,
+        accumulate: false,
+    }
+}
+
+impl Decoder {
+    /// `x += post_norm?(w · input)`: the attention output and feed-forward down projections.
+    /// Without a post-norm the residual add is fused into the matmul's epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn project_residual(
+        &self,
+        ops: &Ops<'_, '_>,
+        t: &[TensorRef<'_>],
+        w: MatrixId,
+        input: &[f32],
+        cols: usize,
+        n: usize,
+        post_norm: &Option<Vec<f32>>,
+        x: &mut [f32],
+        o: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        let e = self.dims.n_embd;
+        match post_norm {
+            None => ops.fused_matmul(
+                input,
+                n,
+                cols,
+                None,
+                vec![Product {
+                    w: tensors::weight(t, w),
+                    bias: None,
+                    out: x,
+                    accumulate: true,
+                }],
+            ),
+            Some(norm) => {
+                ops.matmul(tensors::weight(t, w), input, n, o)?;
+                ops.rms_norm_in_place(o, Some(norm), n, e, self.dims.norm_eps, scratch)?;
+                ops.binary(BinaryOp::Add, x, o, n, e)
+            }
+        }
     }
 }
 

@@ -2,15 +2,25 @@
 
 use abi_stable::std_types::{ROption, RSlice, RSliceMut};
 use plugin_api::{
-    AttentionArgs, BinaryArgs, BinaryOp, DequantizeArgs, GgmlType, GluArgs, GluKind,
-    KernelPluginRef, KvRef, MatmulArgs, PoolRef, RmsNormArgs, RopeArgs, RopeMode, UnaryArgs,
-    UnaryOp, WeightRef,
+    AttentionArgs, BinaryArgs, BinaryOp, DequantizeArgs, FusedMatmulArgs, GgmlType, GluArgs,
+    GluKind, KernelPluginRef, KvRef, MatmulArgs, MatmulTarget, PoolRef, RmsNormArgs, RopeArgs,
+    RopeMode, UnaryArgs, UnaryOp, WeightRef,
 };
 
 /// The kernels and the pool of the current forward pass.
 pub struct Ops<'r, 'p> {
     kernels: KernelPluginRef,
     pool: &'r PoolRef<'p>,
+}
+
+/// One product of [`Ops::fused_matmul`]: `out (+)= w · input (+ bias)`, `out` holding
+/// contiguous rows of `w.rows`.
+pub struct Product<'a> {
+    pub w: WeightRef<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+    /// Add to `out` (a residual connection) instead of overwriting it.
+    pub accumulate: bool,
 }
 
 /// How a query block attends to one sequence's cache.
@@ -51,6 +61,43 @@ impl<'r, 'p> Ops<'r, 'p> {
                 n_batch: n,
                 output: RSliceMut::from_mut_slice(out),
                 output_stride: rows,
+            },
+            self.pool,
+        )
+        .into_result()
+        .map_err(|e| format!("matmul: {e}"))
+    }
+
+    /// Several products of one input (`n` contiguous rows of `cols`), optionally
+    /// RMS-normalised with `norm = (weight, eps)` first, as one kernel op: the input is
+    /// quantized once and all products share one pass over the pool.
+    pub fn fused_matmul(
+        &self,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        norm: Option<(&[f32], f32)>,
+        products: Vec<Product<'_>>,
+    ) -> Result<(), String> {
+        let mut targets: Vec<MatmulTarget<'_>> = products
+            .into_iter()
+            .map(|p| MatmulTarget {
+                output_stride: p.w.rows,
+                weight: p.w,
+                bias: p.bias.map(RSlice::from_slice).into(),
+                output: RSliceMut::from_mut_slice(p.out),
+                accumulate: p.accumulate,
+            })
+            .collect();
+        (self.kernels.fused_matmul())(
+            FusedMatmulArgs {
+                input: RSlice::from_slice(x),
+                input_stride: cols,
+                n_batch: n,
+                cols,
+                norm: norm.map(|(w, _)| RSlice::from_slice(w)).into(),
+                norm_eps: norm.map_or(0.0, |(_, eps)| eps),
+                targets: RSliceMut::from_mut_slice(&mut targets),
             },
             self.pool,
         )
