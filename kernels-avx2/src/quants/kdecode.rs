@@ -1,7 +1,9 @@
-//! The decode dot product of Q6_K (the output and half the down projections of our Q4_K_M
-//! models): one weight row against one Q8_K activation row, the way ggml's AVX2 `vec_dot`
-//! computes it. (Q4_K decode runs the single-row path of [`super::kquants`], which measured
-//! faster than this style for it; Q6_K ran 14–18 GB/s here against 12 GB/s there.)
+//! Decode dot products of the K-quants our Q4_K_M models are made of, Q4_K and Q6_K: one
+//! weight row against one Q8_K activation row, the way ggml's AVX2 `vec_dot` computes them.
+//! On weights streamed from DRAM (`time_decode_matmul_streaming` in `tests/matmul_props.rs`)
+//! Q6_K ran 14–18 GB/s here against ~12 GB/s in the tile kernel's one-row path; Q4_K ran
+//! 9–16 GB/s against 11–13 (within this machine's noise; kept for its fewer instructions).
+//! Q5_K decode stays on the tile kernel's one-row path.
 //!
 //! Decode reads every weight once, so what matters is instructions per byte streamed: each
 //! super-block's integer sums go into a vector accumulator with one FMA by `d·d_x` (no

@@ -25,10 +25,11 @@
 //!
 //! The shapes were picked by timing (`time_kquant_tiles` in `tests/kquants_props.rs`): 2×4
 //! and 4×2 tie for prompts, ahead of 2×2, 2×3 and 3×2 (which leave the super-block's fixed
-//! costs to fewer pairs). Decode runs one row at a time with a software prefetch
+//! costs to fewer pairs). Decode of Q4_K and Q6_K runs the ggml-style loops of `kdecode`;
+//! Q5_K decode runs [`micro_direct`] one row at a time with a software prefetch
 //! [`PREFETCH_BYTES`] ahead: on weights streamed from DRAM (`time_decode_matmul_streaming` in
-//! `tests/matmul_props.rs`) that reached ~12 GB/s for Q4_K and Q6_K where two rows at a time
-//! reached 3–5 GB/s, though two rows win when the weights sit in L2.
+//! `tests/matmul_props.rs`) one row reached ~12 GB/s where two rows at a time reached
+//! 3–5 GB/s, though two rows win when the weights sit in L2.
 
 // The register blocks index several arrays (rows, columns, slots) with one index.
 #![allow(clippy::needless_range_loop)]
