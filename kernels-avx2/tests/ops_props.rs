@@ -174,6 +174,30 @@ struct AttnData {
 const SENTINEL: f32 = -12345.5;
 
 impl AttnCase {
+    /// Global causal attention over an f16 cache with no padding: each test then sets what
+    /// it is about.
+    fn plain() -> AttnCase {
+        AttnCase {
+            n_q: 1,
+            n_head: 1,
+            n_kv: 1,
+            d: 8,
+            kv_len: 1,
+            q_pos: vec![0],
+            scale: 0.125,
+            softcap: 0.0,
+            window: 0,
+            causal: true,
+            f16_cache: true,
+            amp: 1.0,
+            q_pad: 0,
+            out_pad: 0,
+            head_pad: 0,
+            token_pad: 0,
+            seed: 1,
+        }
+    }
+
     fn data(&self) -> AttnData {
         let (q_stride, n) = (
             self.n_head * self.d + self.q_pad,
@@ -361,14 +385,10 @@ fn attention_decode_split_keys() {
             scale: 1.0 / (d as f32).sqrt(),
             softcap,
             window,
-            causal: true,
             f16_cache,
-            amp: 1.0,
-            q_pad: 0,
             out_pad: 3,
-            head_pad: 0,
-            token_pad: 0,
             seed: 7,
+            ..AttnCase::plain()
         };
         let data = case.data();
         let want = case.run(&data, Impl::Reference, &pool(false)).unwrap();
@@ -392,16 +412,12 @@ fn attention_split_keys_parallel_merge() {
         kv_len: 1200,
         q_pos: (0..n_q).map(|i| 1100 + 2 * i as i32).collect(),
         scale: 0.09,
-        softcap: 0.0,
-        window: 0,
-        causal: true,
-        f16_cache: true,
-        amp: 1.0,
         q_pad: 5,
         out_pad: 1,
         head_pad: 2,
         token_pad: 6,
         seed: 99,
+        ..AttnCase::plain()
     };
     let data = case.data();
     let want = case.run(&data, Impl::Reference, &pool(false)).unwrap();
@@ -424,14 +440,8 @@ fn attention_prefill_blocks() {
             scale: 0.125,
             softcap,
             window,
-            causal: true,
-            f16_cache: true,
-            amp: 1.0,
-            q_pad: 0,
-            out_pad: 0,
-            head_pad: 0,
-            token_pad: 0,
             seed: 3,
+            ..AttnCase::plain()
         };
         let data = case.data();
         let want = case.run(&data, Impl::Reference, &pool(false)).unwrap();
@@ -454,16 +464,11 @@ fn attention_rows_without_keys_are_zero() {
         // Non-causal with a window of 2: position 20 sees keys 19..=20, none of 0..10.
         q_pos: vec![20, 5, 30],
         scale: 0.3,
-        softcap: 0.0,
         window: 2,
         causal: false,
         f16_cache: false,
-        amp: 1.0,
-        q_pad: 0,
-        out_pad: 0,
-        head_pad: 0,
-        token_pad: 0,
         seed: 1,
+        ..AttnCase::plain()
     };
     let data = case.data();
     let got = case.run(&data, Impl::Avx2, &pool(false)).unwrap();
@@ -495,16 +500,8 @@ fn attention_rejects_what_the_reference_rejects() {
         kv_len: 5,
         q_pos: vec![3, 4],
         scale: 0.25,
-        softcap: 0.0,
-        window: 0,
-        causal: true,
-        f16_cache: true,
-        amp: 1.0,
-        q_pad: 0,
-        out_pad: 0,
-        head_pad: 0,
-        token_pad: 0,
         seed: 5,
+        ..AttnCase::plain()
     };
     let data = base.data();
     let bad = [
@@ -1067,16 +1064,8 @@ fn time_attention_against_reference() {
             kv_len,
             q_pos: (kv_len - n_q..kv_len).map(|p| p as i32).collect(),
             scale: 0.125,
-            softcap: 0.0,
-            window: 0,
-            causal: true,
-            f16_cache: true,
-            amp: 1.0,
-            q_pad: 0,
-            out_pad: 0,
-            head_pad: 0,
-            token_pad: 0,
             seed: 1,
+            ..AttnCase::plain()
         };
         let data = case.data();
         for n_threads in [1, 2] {
