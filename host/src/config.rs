@@ -33,6 +33,17 @@
 //! seed = 42               # absent: a random seed each run
 //! stop = ["\nUser:"]      # stop before any of these strings
 //! system = ""             # system prompt of interactive chat
+//!
+//! [server]                # llmhost serve
+//! host = "127.0.0.1"      # address to listen on
+//! port = 8080             # 0: any free port
+//! parallel = 4            # sequences decoded together at most
+//! max_batch_tokens = 512  # tokens per forward step at most (decode tokens + prompt chunks)
+//! kv_cache_tokens = 0     # tokens the KV cache holds in all; 0: parallel × context
+//! api_key = ""            # required as `Authorization: Bearer KEY`; also $LLMHOST_API_KEY
+//! max_body_bytes = 1048576
+//! model_id = ""           # the `model` clients send; empty: the file name without .gguf
+//! max_queue = 256         # requests waiting beyond `parallel` before 429
 //! ```
 
 use serde::Deserialize;
@@ -46,6 +57,7 @@ pub struct Config {
     pub log: LogConfig,
     pub model: ModelConfig,
     pub generation: GenerationConfig,
+    pub server: ServerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -104,6 +116,50 @@ impl Default for GenerationConfig {
         }
     }
 }
+
+/// `llmhost serve`: where it listens, how much it runs at once, who may use it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0: any free port (the one bound is printed).
+    pub port: u16,
+    /// Sequences decoded together at most.
+    pub parallel: usize,
+    /// Tokens per forward step at most.
+    pub max_batch_tokens: usize,
+    /// Tokens the KV cache holds in all; 0: `parallel` × the context.
+    pub kv_cache_tokens: usize,
+    /// Empty: no authentication.
+    pub api_key: String,
+    pub max_body_bytes: usize,
+    /// Empty: the model file's name without `.gguf`.
+    pub model_id: String,
+    /// Requests that may wait for a free sequence; beyond that the server answers 429.
+    pub max_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            parallel: 4,
+            max_batch_tokens: 512,
+            kv_cache_tokens: 0,
+            api_key: String::new(),
+            max_body_bytes: 1 << 20,
+            model_id: String::new(),
+            max_queue: 256,
+        }
+    }
+}
+
+/// Most sequences `[server] parallel` may ask for: far above what a CPU decodes usefully,
+/// low enough to catch typos.
+pub const MAX_PARALLEL: usize = 1024;
+/// The smallest request body limit that still fits an ordinary request.
+pub const MIN_BODY_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -295,10 +351,58 @@ impl Config {
                 return Err(invalid(key, format!("{value} is out of range")));
             }
         }
+        self.validate_server(&invalid)?;
         if self.plugins.kernel.trim() != self.plugins.kernel {
             return Err(invalid(
                 "plugins.kernel",
                 format!("{:?} has surrounding spaces", self.plugins.kernel),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_server(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.host.trim().is_empty() || s.host.contains(char::is_whitespace) {
+            return Err(invalid(
+                "server.host",
+                format!(
+                    "{:?} is not an address; use e.g. \"127.0.0.1\" or \"0.0.0.0\"",
+                    s.host
+                ),
+            ));
+        }
+        if !(1..=MAX_PARALLEL).contains(&s.parallel) {
+            return Err(invalid(
+                "server.parallel",
+                format!("{} is not between 1 and {MAX_PARALLEL}", s.parallel),
+            ));
+        }
+        if s.max_batch_tokens == 0 {
+            return Err(invalid(
+                "server.max_batch_tokens",
+                "must be at least 1".into(),
+            ));
+        }
+        if s.max_body_bytes < MIN_BODY_BYTES {
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!("{} is less than {MIN_BODY_BYTES}", s.max_body_bytes),
+            ));
+        }
+        if s.model_id.trim() != s.model_id {
+            return Err(invalid(
+                "server.model_id",
+                format!("{:?} has surrounding spaces", s.model_id),
+            ));
+        }
+        if s.api_key.trim() != s.api_key {
+            return Err(invalid(
+                "server.api_key",
+                "has surrounding spaces (clients would never match it)".into(),
             ));
         }
         Ok(())
@@ -442,6 +546,38 @@ mod tests {
             "expected an example config per model in {}",
             dir.display()
         );
+    }
+
+    #[test]
+    fn server_section_parses_and_is_checked() {
+        let c = parse(
+            "[server]\nhost = \"0.0.0.0\"\nport = 0\nparallel = 8\napi_key = \"k\"\n\
+             max_queue = 0\nmodel_id = \"smol\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.server.port, 0);
+        assert_eq!(c.server.parallel, 8);
+        assert_eq!(c.server.max_queue, 0);
+        assert_eq!(c.server.max_body_bytes, 1 << 20);
+        for (text, key) in [
+            ("[server]\nparallel = 0\n", "server.parallel"),
+            ("[server]\nhost = \"\"\n", "server.host"),
+            (
+                "[server]\nmax_batch_tokens = 0\n",
+                "server.max_batch_tokens",
+            ),
+            ("[server]\nmax_body_bytes = 10\n", "server.max_body_bytes"),
+            ("[server]\napi_key = \" k\"\n", "server.api_key"),
+            ("[server]\nmodel_id = \"m \"\n", "server.model_id"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key) && !e.contains('\n'), "{text}: {e}");
+        }
+        let e = parse("[server]\nport = 70000\n").unwrap_err();
+        assert!(e.contains("llmhost.toml:2:"), "{e}");
+        let e = parse("[server]\nprot = 1\n").unwrap_err();
+        assert!(e.contains("prot"), "{e}");
     }
 
     #[test]

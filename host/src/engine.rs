@@ -3,7 +3,7 @@
 //! [`Engine::forward`] is one step over a batch of tokens that may span several sequences.
 
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, DEFAULT_BLOCK_TOKENS};
 use crate::plugins::{Kernels, PluginRegistry};
 use crate::pool::ThreadPool;
 use crate::pool_bridge::PoolBridge;
@@ -22,6 +22,13 @@ pub struct EngineOptions {
     pub n_ctx: Option<usize>,
     /// Element type of the KV cache: F16 (default, as llama.cpp) or F32.
     pub kv_type: GgmlType,
+    /// Tokens the KV cache's block pool holds over all sequences (rounded up to whole
+    /// blocks); `None`: room for `kv_sequences` full contexts.
+    pub kv_tokens: Option<usize>,
+    /// How many full contexts the pool holds when `kv_tokens` is `None` (at least 1).
+    pub kv_sequences: usize,
+    /// Tokens per KV cache block.
+    pub kv_block_tokens: usize,
 }
 
 impl Default for EngineOptions {
@@ -29,6 +36,9 @@ impl Default for EngineOptions {
         EngineOptions {
             n_ctx: None,
             kv_type: GgmlType::F16,
+            kv_tokens: None,
+            kv_sequences: 1,
+            kv_block_tokens: DEFAULT_BLOCK_TOKENS,
         }
     }
 }
@@ -73,8 +83,27 @@ impl<'f> Engine<'f> {
             Some(n) => n,
             None => (info.n_ctx_train as usize).clamp(1, DEFAULT_CTX),
         };
-        let kv = KvCache::new(info.kv, n_ctx, options.kv_type, info.kv.head_dim as usize)
-            .with_context(|| format!("allocating the KV cache for {n_ctx} tokens"))?;
+        let kv_tokens = match options.kv_tokens {
+            Some(0) => bail!("the KV cache must hold at least 1 token"),
+            Some(n) => n,
+            None => n_ctx
+                .checked_mul(options.kv_sequences.max(1))
+                .with_context(|| format!("{} sequences of {n_ctx} tokens", options.kv_sequences))?,
+        };
+        if options.kv_block_tokens == 0 {
+            bail!("KV cache blocks must hold at least 1 token");
+        }
+        let kv = KvCache::paged(
+            info.kv,
+            n_ctx,
+            options.kv_type,
+            info.kv.head_dim as usize,
+            options.kv_block_tokens,
+            kv_tokens.div_ceil(options.kv_block_tokens),
+        )
+        .with_context(|| {
+            format!("allocating the KV cache for {kv_tokens} tokens ({n_ctx} per sequence)")
+        })?;
         Ok(Engine {
             tensors,
             model,

@@ -91,15 +91,22 @@ pub fn prefill(
 }
 
 /// Text that is final: everything but a tail that may still grow into a stop string.
-struct StopFilter {
+pub(crate) struct StopFilter {
     stop: Vec<String>,
     pending: String,
 }
 
 impl StopFilter {
+    pub(crate) fn new(stop: Vec<String>) -> StopFilter {
+        StopFilter {
+            stop,
+            pending: String::new(),
+        }
+    }
+
     /// Adds `text`; returns the text now safe to emit, and whether a stop string was found
     /// (then the returned text ends right before it).
-    fn push(&mut self, text: &str) -> (String, Option<String>) {
+    pub(crate) fn push(&mut self, text: &str) -> (String, Option<String>) {
         self.pending.push_str(text);
         let first_hit = self
             .stop
@@ -127,7 +134,7 @@ impl StopFilter {
         (out, None)
     }
 
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 }
@@ -192,10 +199,7 @@ pub fn generate_reusing(
     let mut tokens = Vec::new();
     let mut text = String::new();
     let mut detok = tokenizer.detokenizer();
-    let mut filter = StopFilter {
-        stop: options.stop.clone(),
-        pending: String::new(),
-    };
+    let mut filter = StopFilter::new(options.stop.clone());
     let t1 = Instant::now();
     let mut stop = StopReason::MaxTokens;
     let mut emit = |s: &str, text: &mut String| {
@@ -264,10 +268,7 @@ mod tests {
     use super::*;
 
     fn filter(stop: &[&str]) -> StopFilter {
-        StopFilter {
-            stop: stop.iter().map(|s| s.to_string()).collect(),
-            pending: String::new(),
-        }
+        StopFilter::new(stop.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]

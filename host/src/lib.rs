@@ -20,6 +20,7 @@ pub mod pool;
 pub mod pool_bridge;
 pub mod report;
 pub mod sampler;
+pub mod serve;
 pub mod session;
 pub mod settings;
 pub mod tokenizer;

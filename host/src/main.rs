@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use llmhost::{
-    commands::{bench::BenchArgs, perplexity::PerplexityArgs, run::RunArgs},
+    commands::{bench::BenchArgs, perplexity::PerplexityArgs, run::RunArgs, serve::ServeArgs},
     cpu,
     plugins::{PluginKind, PluginRegistry, PluginStatus},
     report,
@@ -61,6 +61,11 @@ enum Command {
     /// with its flags, table and JSON fields, so the numbers compare; or, with
     /// --memory-bandwidth, this machine's sustained memory read bandwidth.
     Bench(BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /// /v1/completions, /v1/models, /health, /metrics), batching concurrent requests.
+    /// Flags override the config's [model] and [server] keys; `serve --help` lists the
+    /// endpoints.
+    Serve(ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +115,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             llmhost::commands::bench::run(&args, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            llmhost::commands::serve::run(&args, &settings)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -2,6 +2,7 @@
 //! the chosen kernels, the thread pool, the tokenizer. `run`, `perplexity` (and later `serve`
 //! and `bench`) start from here.
 
+use crate::chat::ChatTemplate;
 use crate::cpu::{self, Topology};
 use crate::engine::{Engine, EngineOptions};
 use crate::gguf::GgufFile;
@@ -13,6 +14,7 @@ use anyhow::{bail, Context};
 use plugin_api::CpuInfo;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The loaded file, plugins, pool and tokenizer; [`Session::engine`] builds the model on top.
@@ -21,7 +23,8 @@ pub struct Session {
     pub registry: PluginRegistry,
     pub kernel: SelectedKernel,
     pub pool: ThreadPool,
-    pub tokenizer: Tokenizer,
+    /// Shared: `serve` tokenizes on the HTTP side and detokenizes on the inference thread.
+    pub tokenizer: Arc<Tokenizer>,
     pub cpu: CpuInfo,
     pub topology: Topology,
     pub load_time: Duration,
@@ -90,8 +93,10 @@ impl Session {
         let kernel = registry.select_kernel(settings.forced_kernel.as_deref())?;
         let file = GgufFile::open(model)?;
         warm_up(&file);
-        let tokenizer = Tokenizer::from_gguf(file.metadata())
-            .with_context(|| format!("reading the tokenizer of {}", model.display()))?;
+        let tokenizer = Arc::new(
+            Tokenizer::from_gguf(file.metadata())
+                .with_context(|| format!("reading the tokenizer of {}", model.display()))?,
+        );
         let pin = settings
             .pin_threads
             .then(|| topology.pin_plan(settings.threads));
@@ -106,6 +111,21 @@ impl Session {
             topology,
             load_time: t0.elapsed(),
         })
+    }
+
+    /// The model's chat template (from the GGUF, else the architecture's family default).
+    pub fn chat_template(&self, architecture: &str) -> ChatTemplate {
+        let text = |id: Option<u32>| {
+            id.and_then(|id| self.tokenizer.token_text(id))
+                .unwrap_or("")
+                .to_string()
+        };
+        ChatTemplate::from_gguf_str(
+            self.file.metadata().get_str("tokenizer.chat_template"),
+            architecture,
+            &text(self.tokenizer.bos()),
+            &text(self.tokenizer.eos()),
+        )
     }
 
     /// Builds the model on the chosen kernels.

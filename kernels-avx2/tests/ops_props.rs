@@ -79,12 +79,17 @@ enum Impl {
 
 /// A KV cache side: `kv_len` tokens × `n_kv` heads × `d` values, heads `head_pad` elements
 /// apart beyond `d` and tokens `token_pad` bytes beyond the heads. Padding bytes are 0xff (NaN
-/// as f16 and f32), so reading any of it shows in the result.
+/// as f16 and f32), so reading any of it shows in the result. Contiguous as made by
+/// [`Cache::new`], paged (blocks of `block_tokens` rows, `blocks` the table) by
+/// [`Cache::paged`].
+#[derive(Clone)]
 struct Cache {
     bytes: Vec<u8>,
     dtype: GgmlType,
     token_stride: usize,
     head_stride: usize,
+    block_tokens: usize,
+    blocks: Vec<u32>,
 }
 
 impl Cache {
@@ -125,15 +130,45 @@ impl Cache {
             dtype,
             token_stride,
             head_stride,
+            block_tokens: 0,
+            blocks: Vec::new(),
+        }
+    }
+
+    /// The first `kv_len` rows of this contiguous cache, paged: a pool of blocks of
+    /// `block_tokens` rows, `spare` more than the tokens need, the table a random permutation
+    /// of the pool's blocks (longer than needed when there are spare blocks). Every byte of
+    /// the pool not holding one of the rows is 0xff, so reading a wrong row shows.
+    fn paged(&self, kv_len: usize, block_tokens: usize, spare: usize, seed: u64) -> Cache {
+        let used = kv_len.div_ceil(block_tokens);
+        let n_blocks = used + spare;
+        // Fisher–Yates with the uniform generator: u in [0, 1) picks among the first i + 1.
+        let mut ids: Vec<u32> = (0..n_blocks as u32).collect();
+        let picks = uniform(seed, n_blocks, 0.5);
+        for i in (1..n_blocks).rev() {
+            let at = ((picks[i] + 0.5) * (i + 1) as f32) as usize;
+            ids.swap(i, at.min(i));
+        }
+        ids.truncate(used + spare / 2);
+        let ts = self.token_stride;
+        let mut bytes = vec![0xffu8; n_blocks * block_tokens * ts];
+        for j in 0..kv_len {
+            let row = ids[j / block_tokens] as usize * block_tokens + j % block_tokens;
+            bytes[row * ts..][..ts].copy_from_slice(&self.bytes[j * ts..][..ts]);
+        }
+        Cache {
+            bytes,
+            block_tokens,
+            blocks: ids,
+            ..*self
         }
     }
 
     fn kv_ref(&self) -> KvRef<'_> {
         KvRef {
-            dtype: self.dtype,
-            data: RSlice::from_slice(&self.bytes),
-            token_stride: self.token_stride,
-            head_stride: self.head_stride,
+            block_tokens: self.block_tokens,
+            blocks: RSlice::from_slice(&self.blocks),
+            ..KvRef::contiguous(self.dtype, &self.bytes, self.token_stride, self.head_stride)
         }
     }
 }
@@ -161,6 +196,7 @@ struct AttnCase {
 }
 
 /// What a run needs besides the case: inputs built once, shared by both implementations.
+#[derive(Clone)]
 struct AttnData {
     q: Vec<f32>,
     k: Cache,
@@ -168,6 +204,20 @@ struct AttnData {
     /// K and V values as the cache holds them (rounded through f16 for an f16 cache).
     k_vals: Vec<f32>,
     v_vals: Vec<f32>,
+}
+
+impl AttnData {
+    /// The same inputs over paged K and V caches of blocks of `block_tokens` rows, K and V
+    /// each with its own block permutation and `spare` unused blocks (see [`Cache::paged`]).
+    fn paged(&self, kv_len: usize, block_tokens: usize, spare: usize, seed: u64) -> AttnData {
+        AttnData {
+            q: self.q.clone(),
+            k: self.k.paged(kv_len, block_tokens, spare, seed),
+            v: self.v.paged(kv_len, block_tokens, spare, seed ^ 0x5eed),
+            k_vals: self.k_vals.clone(),
+            v_vals: self.v_vals.clone(),
+        }
+    }
 }
 
 /// Fills the output's padding (and all of it, before the op) so untouched floats show.
@@ -313,6 +363,37 @@ impl AttnCase {
         let got = self.run(&data, Impl::Avx2, &p).unwrap();
         self.check(&data, &got, &want)
     }
+
+    /// Over a paged cache (blocks of `block_tokens` rows, `spare` unused blocks), each
+    /// implementation gives bit for bit what it gives over the same rows laid out contiguously,
+    /// and the AVX2 kernel stays as close to the reference as [`AttnCase::check`] demands.
+    fn assert_paged_matches(
+        &self,
+        block_tokens: usize,
+        spare: usize,
+        p: &PoolRef<'_>,
+    ) -> Result<(), TestCaseError> {
+        let data = self.data();
+        let paged = data.paged(self.kv_len, block_tokens, spare, self.seed);
+        let mut paged_out = Vec::new();
+        for which in [Impl::Reference, Impl::Avx2] {
+            let flat = self.run(&data, which, p).unwrap();
+            let got = self.run(&paged, which, p).unwrap();
+            for (at, (a, b)) in got.iter().zip(&flat).enumerate() {
+                prop_assert!(
+                    a.to_bits() == b.to_bits(),
+                    "{:?} over {}-token blocks, float {}: {} vs {} contiguous",
+                    which,
+                    block_tokens,
+                    at,
+                    a,
+                    b
+                );
+            }
+            paged_out.push(got);
+        }
+        self.check(&paged, &paged_out[1], &paged_out[0])
+    }
 }
 
 prop_compose! {
@@ -363,6 +444,115 @@ proptest! {
     fn attention_matches_reference(case in attn_case(), threaded: bool) {
         case.assert_matches(threaded)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Paged caches with any block size, windows starting anywhere in a block, decode and
+    /// prefill, GQA or not (in place or widened).
+    #[test]
+    fn attention_paged_matches_contiguous(
+        case in attn_case(), block_tokens in 1usize..=64, spare in 0usize..4, threaded: bool,
+    ) {
+        case.assert_paged_matches(block_tokens, spare, &pool(threaded))?;
+    }
+}
+
+/// Decode over a long paged cache with many threads, so that the key range is split (and split
+/// points fall inside blocks): GQA 7 (widened blocks) and one KV head per query head (read in
+/// place), block sizes that divide the 64-key blocks, do not, or are smaller than 8 keys.
+#[test]
+fn attention_paged_decode_split_keys() {
+    for (n_head, n_kv, window) in [(14, 2, 0), (4, 4, 0), (14, 2, 700), (4, 4, 333)] {
+        let case = AttnCase {
+            n_q: 1,
+            n_head,
+            n_kv,
+            d: 64,
+            kv_len: 2000,
+            q_pos: vec![1999],
+            scale: 0.125,
+            window,
+            seed: 11,
+            ..AttnCase::plain()
+        };
+        for (block_tokens, n_threads) in [(16, 5), (1, 16), (5, 16), (48, 5), (64, 2), (100, 16)] {
+            case.assert_paged_matches(block_tokens, 3, &threads(n_threads))
+                .unwrap();
+        }
+    }
+}
+
+/// K and V of different element types (an f16 K with an f32 V), in tiles that read the cache
+/// in place (no GQA, one query) and in widened ones.
+#[test]
+fn attention_mixed_cache_types() {
+    for n_q in [1, 9] {
+        let case = AttnCase {
+            n_q,
+            n_head: 2,
+            n_kv: 2,
+            d: 16,
+            kv_len: 70,
+            q_pos: (70 - n_q as i32..70).collect(),
+            scale: 0.25,
+            seed: 12,
+            ..AttnCase::plain()
+        };
+        let f16_data = case.data();
+        let f32_data = AttnCase {
+            f16_cache: false,
+            ..case.clone()
+        }
+        .data();
+        let mixed = AttnData {
+            v: f32_data.v,
+            v_vals: f32_data.v_vals,
+            ..f16_data
+        };
+        let want = case.run(&mixed, Impl::Reference, &pool(false)).unwrap();
+        let got = case.run(&mixed, Impl::Avx2, &pool(false)).unwrap();
+        case.check(&mixed, &got, &want).unwrap();
+    }
+}
+
+/// A block table too short for `kv_len`, or naming a block outside the pool, is an error (the
+/// reference's), not a panic; ids past what `kv_len` reads are never looked at.
+#[test]
+fn attention_rejects_bad_block_tables() {
+    let case = AttnCase {
+        n_q: 2,
+        n_head: 4,
+        n_kv: 2,
+        d: 16,
+        kv_len: 37,
+        q_pos: vec![20, 36],
+        scale: 0.25,
+        seed: 5,
+        ..AttnCase::plain()
+    };
+    let block_tokens = 8;
+    // 5 blocks hold the 37 tokens; the table names 6, the pool has 7.
+    let data = case.data().paged(case.kv_len, block_tokens, 2, 9);
+    let n_blocks = (data.k.bytes.len() / (block_tokens * data.k.token_stride)) as u32;
+    let with_k_table = |edit: &dyn Fn(&mut Vec<u32>)| {
+        let mut bad = data.clone();
+        edit(&mut bad.k.blocks);
+        let want = case.run(&bad, Impl::Reference, &pool(false));
+        let got = case.run(&bad, Impl::Avx2, &pool(true));
+        match (&want, &got) {
+            (Ok(w), Ok(g)) => case.check(&bad, g, w).unwrap(),
+            _ => assert_eq!(got, want),
+        }
+        want
+    };
+    let short = with_k_table(&|t| t.truncate(4));
+    assert!(short.unwrap_err().contains("block table"));
+    let outside = with_k_table(&|t| t[4] = n_blocks);
+    assert!(outside.unwrap_err().contains(&format!("block {n_blocks}")));
+    // The table's sixth block is not read: any id there is fine.
+    with_k_table(&|t| t[5] = u32::MAX).unwrap();
 }
 
 /// A decode step: one query at the end of a long cache, GQA 7, on many threads, so that the
@@ -425,10 +615,15 @@ fn attention_split_keys_parallel_merge() {
     case.check(&data, &got, &want).unwrap();
 }
 
-/// A prompt as one call: many query blocks, causal and windowed, f16 cache, on a pool.
+/// A prompt as one call: many query blocks, causal and windowed, on a pool; over a paged
+/// cache too.
 #[test]
 fn attention_prefill_blocks() {
-    for (n_head, n_kv, window, softcap) in [(14, 2, 0, 0.0), (8, 8, 100, 0.0), (16, 4, 0, 30.0)] {
+    for (n_head, n_kv, window, softcap, f16_cache) in [
+        (14, 2, 0, 0.0, true),
+        (8, 8, 100, 0.0, false),
+        (16, 4, 0, 30.0, true),
+    ] {
         let n = 300;
         let case = AttnCase {
             n_q: n,
@@ -440,6 +635,7 @@ fn attention_prefill_blocks() {
             scale: 0.125,
             softcap,
             window,
+            f16_cache,
             seed: 3,
             ..AttnCase::plain()
         };
@@ -448,6 +644,10 @@ fn attention_prefill_blocks() {
         for threaded in [false, true] {
             let got = case.run(&data, Impl::Avx2, &pool(threaded)).unwrap();
             case.check(&data, &got, &want).unwrap();
+        }
+        for block_tokens in [16, 7] {
+            case.assert_paged_matches(block_tokens, 2, &pool(true))
+                .unwrap();
         }
     }
 }
@@ -1025,9 +1225,12 @@ fn small_ops_reject_what_the_reference_rejects() {
     assert!(ua.is_err());
 }
 
-/// Timings against the reference (run with `--release -- --ignored --nocapture`;
-/// `BENCH_ONLY=<name part>` picks shapes, `BENCH_NO_REF=1` skips the slow reference). The
-/// 2-thread pool spawns its threads per call, which dominates the decode timings.
+/// Timings against the reference, and of the AVX2 kernel over a paged cache (blocks of 16
+/// tokens in a shuffled pool) against a contiguous one (run with `--release -- --ignored
+/// --nocapture`; `BENCH_ONLY=<name part>` picks shapes, `BENCH_NO_REF=1` skips the slow
+/// reference, `BENCH_ROUNDS=<n>` sets how many times each AVX2 timing is taken, the best
+/// kept). The 2-thread pool spawns its threads per call, which dominates the decode
+/// timings.
 #[test]
 #[ignore]
 fn time_attention_against_reference() {
@@ -1046,20 +1249,28 @@ fn time_attention_against_reference() {
         }
         best
     }
+    // (name, queries, keys, query heads, KV heads): GQA 7 widens K/V blocks; one KV head per
+    // query head in decode reads the cache in place.
     let shapes = [
-        ("decode kv 512", 1, 512),
-        ("decode kv 4096", 1, 4096),
-        ("prefill 512", 512, 512),
+        ("decode kv 512", 1, 512, 14, 2),
+        ("decode kv 2048", 1, 2048, 14, 2),
+        ("decode kv 4096", 1, 4096, 14, 2),
+        ("decode kv 2048 MHA", 1, 2048, 8, 8),
+        ("prefill 512", 512, 512, 14, 2),
     ];
     let only = std::env::var("BENCH_ONLY").ok();
-    for (name, n_q, kv_len) in shapes {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for (name, n_q, kv_len, n_head, n_kv) in shapes {
         if only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
         let case = AttnCase {
             n_q,
-            n_head: 14,
-            n_kv: 2,
+            n_head,
+            n_kv,
             d: 64,
             kv_len,
             q_pos: (kv_len - n_q..kv_len).map(|p| p as i32).collect(),
@@ -1068,6 +1279,7 @@ fn time_attention_against_reference() {
             ..AttnCase::plain()
         };
         let data = case.data();
+        let paged = data.paged(kv_len, 16, 0, 2);
         for n_threads in [1, 2] {
             let p = threads(n_threads);
             let r = if std::env::var("BENCH_NO_REF").is_ok() {
@@ -1077,14 +1289,24 @@ fn time_attention_against_reference() {
                     case.run(&data, Impl::Reference, &p).unwrap();
                 })
             };
-            let a = time(|| {
-                case.run(&data, Impl::Avx2, &p).unwrap();
-            });
+            // Contiguous and paged alternate, so that load from elsewhere hits both alike.
+            let (mut a, mut a_paged) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..rounds {
+                a = a.min(time(|| {
+                    case.run(&data, Impl::Avx2, &p).unwrap();
+                }));
+                a_paged = a_paged.min(time(|| {
+                    case.run(&paged, Impl::Avx2, &p).unwrap();
+                }));
+            }
             println!(
-                "{name:>16}, {n_threads} thread(s): reference {:9.1} µs, avx2 {:8.1} µs, speedup {:5.1}×",
+                "{name:>18}, {n_threads} thread(s): reference {:9.1} µs, avx2 {:8.1} µs, \
+                 speedup {:5.1}×; paged {:8.1} µs ({:+.1}%)",
                 r * 1e6,
                 a * 1e6,
-                r / a
+                r / a,
+                a_paged * 1e6,
+                (a_paged / a - 1.0) * 100.0
             );
         }
     }

@@ -21,12 +21,55 @@ fn uniform(seed: u64, n: usize) -> Vec<f32> {
 }
 
 fn kv_of(dtype: GgmlType, data: &[u8], token_stride: usize, head_stride: usize) -> KvRef<'_> {
+    KvRef::contiguous(dtype, data, token_stride, head_stride)
+}
+
+/// Side `data` (token rows `token_stride` bytes apart) paged into blocks of `block_tokens`
+/// rows, `blocks` the table.
+fn paged_kv<'a>(
+    dtype: GgmlType,
+    data: &'a [u8],
+    token_stride: usize,
+    head_stride: usize,
+    block_tokens: usize,
+    blocks: &'a [u32],
+) -> KvRef<'a> {
     KvRef {
-        dtype,
-        data: RSlice::from_slice(data),
-        token_stride,
-        head_stride,
+        block_tokens,
+        blocks: RSlice::from_slice(blocks),
+        ..kv_of(dtype, data, token_stride, head_stride)
     }
+}
+
+/// The `kv_len` rows of `rows` (`token_stride` bytes each) laid out as a paged cache: a pool
+/// of blocks of `block_tokens` rows, `spare` more than the rows need, and a table that is a
+/// random permutation of the pool's blocks (longer than needed when there are spare blocks).
+/// Every other byte of the pool is 0xff (NaN as f16 and f32), so reading a wrong row shows.
+fn page(
+    rows: &[u8],
+    token_stride: usize,
+    kv_len: usize,
+    block_tokens: usize,
+    spare: usize,
+    seed: u64,
+) -> (Vec<u8>, Vec<u32>) {
+    let used = kv_len.div_ceil(block_tokens);
+    let n_blocks = used + spare;
+    // Fisher–Yates, u in [-2, 2) picking among the first i + 1.
+    let mut ids: Vec<u32> = (0..n_blocks as u32).collect();
+    let picks = uniform(seed, n_blocks);
+    for i in (1..n_blocks).rev() {
+        let at = ((picks[i] + 2.0) / 4.0 * (i + 1) as f32) as usize;
+        ids.swap(i, at.min(i));
+    }
+    ids.truncate(used + spare / 2);
+    let mut pool = vec![0xffu8; n_blocks * block_tokens * token_stride];
+    for j in 0..kv_len {
+        let row = ids[j / block_tokens] as usize * block_tokens + j % block_tokens;
+        pool[row * token_stride..][..token_stride]
+            .copy_from_slice(&rows[j * token_stride..][..token_stride]);
+    }
+    (pool, ids)
 }
 
 fn pool<'a>() -> PoolRef<'a> {
@@ -131,6 +174,58 @@ proptest! {
         let want = naive_attention(&q, &q_pos, &k, &v, kv_len, n_head, n_head_kv, d, scale, softcap, window);
         for (a, b) in out.iter().zip(&want) {
             prop_assert!(close(*a, *b, 1e-5), "{a} vs {b}");
+        }
+    }
+
+    /// Over a paged cache (any block size, spare garbage blocks, K and V in different block
+    /// orders), attention gives bit for bit what it gives over the same rows contiguously:
+    /// decode and prefill positions, GQA, windows, causal or not.
+    #[test]
+    fn paged_attention_equals_contiguous(
+        n_head_kv in 1usize..4, group in 1usize..4, d in 1usize..20,
+        kv_len in prop_oneof![0usize..24, 24usize..200], n_q in 1usize..5,
+        window in prop_oneof![Just(0u32), 1u32..80], causal: bool, f16_cache: bool,
+        block_tokens in 1usize..=64, spare in 0usize..4, seed in any::<u64>(),
+    ) {
+        let n_head = n_head_kv * group;
+        let elem = if f16_cache { 2 } else { 4 };
+        let (token_stride, head_stride) = (n_head_kv * d * elem, d * elem);
+        let dtype = if f16_cache { GgmlType::F16 } else { GgmlType::F32 };
+        let bytes = |x: Vec<f32>| if f16_cache {
+            f16_bytes(&x)
+        } else {
+            x.iter().flat_map(|f| f.to_le_bytes()).collect()
+        };
+        let kb = bytes(uniform(seed ^ 0x9e37, kv_len * n_head_kv * d));
+        let vb = bytes(uniform(seed ^ 0x7f4a, kv_len * n_head_kv * d));
+        let (kp, k_blocks) = page(&kb, token_stride, kv_len, block_tokens, spare, seed);
+        let (vp, v_blocks) = page(&vb, token_stride, kv_len, block_tokens, spare, !seed);
+        let q = uniform(seed, n_q * n_head * d);
+        // Scattered positions, some past the cache (non-causal queries see all of it).
+        let q_pos: Vec<i32> = uniform(seed ^ 0x51, n_q)
+            .iter()
+            .map(|u| ((u + 2.0) / 4.0 * (kv_len + 4) as f32) as i32)
+            .collect();
+        let run = |k: KvRef<'_>, v: KvRef<'_>| {
+            let mut out = vec![f32::NAN; n_q * n_head * d];
+            ScalarKernels::attention(AttentionArgs {
+                q: RSlice::from_slice(&q), q_stride: n_head * d, q_pos: RSlice::from_slice(&q_pos), n_q,
+                k, v, kv_len, n_head, n_head_kv, head_dim: d,
+                scale: 1.0 / (d as f32).sqrt(), softcap: 0.0, window, causal,
+                out: RSliceMut::from_mut_slice(&mut out), out_stride: n_head * d,
+            }, &pool()).unwrap();
+            out
+        };
+        let flat = run(
+            kv_of(dtype, &kb, token_stride, head_stride),
+            kv_of(dtype, &vb, token_stride, head_stride),
+        );
+        let paged = run(
+            paged_kv(dtype, &kp, token_stride, head_stride, block_tokens, &k_blocks),
+            paged_kv(dtype, &vp, token_stride, head_stride, block_tokens, &v_blocks),
+        );
+        for (at, (a, b)) in paged.iter().zip(&flat).enumerate() {
+            prop_assert!(a.to_bits() == b.to_bits(), "float {at}: {a} paged vs {b} contiguous");
         }
     }
 
@@ -308,6 +403,68 @@ fn attention_sees_nothing_masked() {
     )
     .unwrap();
     assert_eq!(out, v[..d]);
+}
+
+/// A block table too short for `kv_len`, or naming a block outside the pool, is one clear
+/// error, not a panic; table entries past what `kv_len` reads are never looked at.
+#[test]
+fn attention_rejects_bad_block_tables() {
+    let (d, kv_len, block_tokens) = (4, 10, 4);
+    let row = d * 4;
+    let kb: Vec<u8> = uniform(3, kv_len * d)
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
+    // 3 blocks hold the 10 tokens; the pool has 5, the table names 4.
+    let (pool_bytes, table) = page(&kb, row, kv_len, block_tokens, 2, 8);
+    let q = [0.5f32; 4];
+    let attend = |k_table: &[u32], k_pool: &[u8]| {
+        let mut out = vec![0f32; d];
+        let k = paged_kv(GgmlType::F32, k_pool, row, row, block_tokens, k_table);
+        let v = paged_kv(GgmlType::F32, &pool_bytes, row, row, block_tokens, &table);
+        ScalarKernels::attention(
+            AttentionArgs {
+                q: RSlice::from_slice(&q),
+                q_stride: d,
+                q_pos: RSlice::from_slice(&[9]),
+                n_q: 1,
+                k,
+                v,
+                kv_len,
+                n_head: 1,
+                n_head_kv: 1,
+                head_dim: d,
+                scale: 1.0,
+                softcap: 0.0,
+                window: 0,
+                causal: true,
+                out: RSliceMut::from_mut_slice(&mut out),
+                out_stride: d,
+            },
+            &pool(),
+        )
+    };
+    attend(&table, &pool_bytes).unwrap();
+    let short = attend(&table[..2], &pool_bytes).unwrap_err();
+    assert_eq!(
+        short,
+        "k block table holds 2 blocks of 4 tokens, kv_len 10 needs 3"
+    );
+    let outside = attend(&[table[0], 5, table[2]], &pool_bytes).unwrap_err();
+    assert_eq!(
+        outside,
+        "k block 5 of 4 tokens ends at byte 384, past the 320-byte cache"
+    );
+    // A block the pool holds only in part: the rows past kv_len are not read, but blocks come
+    // whole.
+    let last = pool_bytes.len() - row;
+    assert!(attend(&[0, 1, 4], &pool_bytes[..last]).is_err());
+    assert!(attend(&[0, 1, 4], &pool_bytes).is_ok());
+    // The fourth entry is never read.
+    attend(&[table[0], table[1], table[2], u32::MAX], &pool_bytes).unwrap();
+    assert!(attend(&[table[0], table[1], u32::MAX], &pool_bytes)
+        .unwrap_err()
+        .contains(&format!("block {}", u32::MAX)));
 }
 
 proptest! {

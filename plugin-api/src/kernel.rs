@@ -93,15 +93,75 @@ pub struct FusedMatmulArgs<'a> {
 
 /// One side (keys or values) of a sequence's KV cache: `kv_len` token rows, each holding
 /// `n_head_kv` heads of `head_dim` elements of `dtype` (F32 or F16).
+///
+/// The rows live in `data`, either contiguously (`block_tokens == 0`: logical token `j` is
+/// physical row `j`) or paged (`block_tokens > 0`: the cache is a pool of blocks of
+/// `block_tokens` rows, and logical token `j` is row `j % block_tokens` of block
+/// `blocks[j / block_tokens]`, i.e. physical row
+/// `blocks[j / block_tokens] · block_tokens + j % block_tokens`). Physical row `r` of head `h`
+/// starts at byte `r · token_stride + h · head_stride`; use [`KvRef::row_offset`].
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct KvRef<'a> {
     pub dtype: GgmlType,
     pub data: RSlice<'a, u8>,
-    /// Bytes between consecutive tokens.
+    /// Bytes between consecutive physical rows.
     pub token_stride: usize,
     /// Bytes between consecutive heads of one token.
     pub head_stride: usize,
+    /// Rows per block when paged; 0 when contiguous.
+    pub block_tokens: usize,
+    /// The sequence's block table when paged (block ids into `data`); empty when contiguous.
+    pub blocks: RSlice<'a, u32>,
+}
+
+impl<'a> KvRef<'a> {
+    /// Rows `0..` stored one after the other, `token_stride` bytes apart.
+    pub fn contiguous(
+        dtype: GgmlType,
+        data: &'a [u8],
+        token_stride: usize,
+        head_stride: usize,
+    ) -> Self {
+        KvRef {
+            dtype,
+            data: RSlice::from_slice(data),
+            token_stride,
+            head_stride,
+            block_tokens: 0,
+            blocks: RSlice::from_slice(&[]),
+        }
+    }
+
+    /// The physical row holding logical token `j`. Panics when `j` is past the block table
+    /// (kernels validate `kv_len` against it first).
+    #[inline]
+    pub fn physical_row(&self, j: usize) -> usize {
+        match (
+            j.checked_div(self.block_tokens),
+            j.checked_rem(self.block_tokens),
+        ) {
+            (Some(block), Some(row)) => self.blocks[block] as usize * self.block_tokens + row,
+            _ => j,
+        }
+    }
+
+    /// Byte offset in `data` of head `head` of logical token `j`.
+    #[inline]
+    pub fn row_offset(&self, j: usize, head: usize) -> usize {
+        self.physical_row(j) * self.token_stride + head * self.head_stride
+    }
+
+    /// How many logical tokens follow `j` in the same physical run (same block, or all of
+    /// them when contiguous), counting `j`: rows `j..j + run` are `token_stride` apart.
+    #[inline]
+    pub fn contiguous_run(&self, j: usize) -> usize {
+        if self.block_tokens == 0 {
+            usize::MAX - j
+        } else {
+            self.block_tokens - j % self.block_tokens
+        }
+    }
 }
 
 /// Scaled dot-product attention for one sequence: queries at positions `q_pos` against keys

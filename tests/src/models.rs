@@ -95,6 +95,7 @@ impl ModelStack {
                     Ok("f32") => plugin_api::GgmlType::F32,
                     _ => plugin_api::GgmlType::F16,
                 },
+                ..EngineOptions::default()
             },
         )
         .unwrap_or_else(|e| panic!("{e:#}"))

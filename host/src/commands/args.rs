@@ -32,6 +32,7 @@ impl ModelArgs {
             } else {
                 GgmlType::F16
             },
+            ..EngineOptions::default()
         }
     }
 }

@@ -249,6 +249,7 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
             .engine(&EngineOptions {
                 n_ctx: Some(n_ctx),
                 kv_type,
+                ..EngineOptions::default()
             })
             .with_context(|| format!("loading {}", path.display()))?;
         let engine_load = t_engine.elapsed();

@@ -4,3 +4,4 @@ pub mod args;
 pub mod bench;
 pub mod perplexity;
 pub mod run;
+pub mod serve;

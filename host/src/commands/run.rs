@@ -72,12 +72,7 @@ pub fn run(args: &RunArgs, settings: &Settings) -> anyhow::Result<()> {
         .system
         .clone()
         .unwrap_or_else(|| settings.config.generation.system.clone());
-    let template = ChatTemplate::from_gguf_str(
-        session.file.metadata().get_str("tokenizer.chat_template"),
-        &engine.info().architecture,
-        &bos_text(&session),
-        &eos_text(&session),
-    );
+    let template = session.chat_template(&engine.info().architecture);
 
     let prompt = match &args.prompt {
         Some(p) => Some(p.clone()),
@@ -130,24 +125,6 @@ pub fn run(args: &RunArgs, settings: &Settings) -> anyhow::Result<()> {
         None => chat_loop(&session, &mut engine, &template, &system, &options)?,
     }
     Ok(())
-}
-
-fn bos_text(session: &Session) -> String {
-    session
-        .tokenizer
-        .bos()
-        .and_then(|id| session.tokenizer.token_text(id))
-        .unwrap_or("")
-        .to_string()
-}
-
-fn eos_text(session: &Session) -> String {
-    session
-        .tokenizer
-        .eos()
-        .and_then(|id| session.tokenizer.token_text(id))
-        .unwrap_or("")
-        .to_string()
 }
 
 /// The interactive chat: each turn renders the whole conversation with the chat template and

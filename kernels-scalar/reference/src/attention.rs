@@ -6,9 +6,10 @@ use crate::{check, split::Rows};
 use half::f16;
 use plugin_api::{parallel_for, AttentionArgs, GgmlType, KvRef, PoolRef};
 
-/// Reads head `head` of token `token` from one side of the cache into `out`.
+/// Reads head `head` of (logical) token `token` from one side of the cache, contiguous or
+/// paged, into `out`.
 pub fn read_kv(kv: &KvRef<'_>, token: usize, head: usize, out: &mut [f32]) {
-    let start = token * kv.token_stride + head * kv.head_stride;
+    let start = kv.row_offset(token, head);
     let data = kv.data.as_slice();
     match kv.dtype {
         GgmlType::F16 => {

@@ -53,6 +53,9 @@ pub fn matmul(a: &MatmulArgs<'_>) -> Result<(), String> {
     )
 }
 
+/// One side of the cache holds `len` tokens of `heads` heads of `dim` elements: contiguous,
+/// rows `0..len` lie in `data`; paged, the block table covers `len` tokens and every block it
+/// names for them lies in `data`, so that kernels may read any of their rows unchecked.
 fn kv(what: &str, kv: &KvRef<'_>, len: usize, heads: usize, dim: usize) -> Result<(), String> {
     let elem = match kv.dtype {
         GgmlType::F32 => 4,
@@ -76,10 +79,34 @@ fn kv(what: &str, kv: &KvRef<'_>, len: usize, heads: usize, dim: usize) -> Resul
             kv.token_stride
         ));
     }
-    let bytes = (len - 1)
-        .checked_mul(kv.token_stride)
-        .and_then(|b| b.checked_add(token));
-    need(what, kv.data.len(), bytes)
+    // Bytes up to the end of physical row `rows - 1`.
+    let end = |rows: usize| {
+        (rows - 1)
+            .checked_mul(kv.token_stride)
+            .and_then(|b| b.checked_add(token))
+    };
+    if kv.block_tokens == 0 {
+        return need(what, kv.data.len(), end(len));
+    }
+    let block_tokens = kv.block_tokens;
+    let used = len.div_ceil(block_tokens);
+    if kv.blocks.len() < used {
+        let have = kv.blocks.len();
+        return Err(format!(
+            "{what} block table holds {have} blocks of {block_tokens} tokens, kv_len {len} needs \
+             {used}"
+        ));
+    }
+    // Whole blocks, as the pool hands them out: the highest block id read bounds them all.
+    let top = kv.blocks[..used].iter().copied().max().unwrap_or(0) as usize;
+    match (top + 1).checked_mul(block_tokens).and_then(end) {
+        Some(bytes) if bytes <= kv.data.len() => Ok(()),
+        bytes => Err(format!(
+            "{what} block {top} of {block_tokens} tokens ends at byte {}, past the {}-byte cache",
+            bytes.map_or("(overflow)".into(), |b| b.to_string()),
+            kv.data.len()
+        )),
+    }
 }
 
 pub fn attention(a: &AttentionArgs<'_>) -> Result<(), String> {
