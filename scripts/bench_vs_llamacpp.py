@@ -30,90 +30,18 @@ bandwidth at the same thread count: how close decode is to its memory-bound floo
 import argparse
 import datetime
 import json
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llamacpp import (ROOT, build_llmhost, die, git_describe, llamacpp_bin, log, lscpu,  # noqa: E402
+                      int_list, model_path, run, write_md)
 ALL_MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 BEGIN = "<!-- bench-results:begin -->"
 END = "<!-- bench-results:end -->"
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
-
-
-def run(cmd, what, env=None, capture=True):
-    """Runs cmd; on failure, dies with its stderr tail. Returns stdout."""
-    log("$ " + shlex.join(str(c) for c in cmd))
-    p = subprocess.run([str(c) for c in cmd], capture_output=capture, text=True, env=env)
-    if p.returncode != 0:
-        tail = "\n".join((p.stderr or "").strip().splitlines()[-15:])
-        die(f"{what} failed (exit {p.returncode}):\n{tail}")
-    return p.stdout or ""
-
-
-def int_list(s):
-    try:
-        out = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {s!r}")
-    if not out or any(x < 0 for x in out):
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {s!r}")
-    return out
-
-
-def llamacpp_bin():
-    env = os.environ.get("LLAMACPP_BIN")
-    if env:
-        d = Path(env)
-        if not (d / "llama-bench").is_file():
-            die(f"LLAMACPP_BIN={env} has no llama-bench; point it at llama.cpp's build/bin")
-        return d
-    script = ROOT.parent / "shared" / "anchor" / "build-llamacpp.sh"
-    if not script.is_file():
-        die(f"{script} is missing: set LLAMACPP_BIN to a directory holding llama-bench")
-    out = run(["bash", script], "building llama.cpp with " + str(script))
-    d = Path(out.strip().splitlines()[-1])
-    if not (d / "llama-bench").is_file():
-        die(f"{script} printed {d}, which has no llama-bench")
-    return d
-
-
-def model_path(name):
-    out = run([sys.executable, ROOT / "scripts" / "fetch_models.py", "--path", name],
-              f"fetching model {name}")
-    p = Path(out.strip().splitlines()[-1])
-    if not p.is_file():
-        die(f"fetch_models.py --path {name} printed {p}, which is not a file")
-    return p
-
-
-def target_dir():
-    env = os.environ.get("CARGO_TARGET_DIR")
-    return Path(env) if env else ROOT / "target"
-
-
-def build_llmhost(skip):
-    if not skip:
-        log("building llmhost (release, every plugin)")
-        run(["cargo", "build", "--release", "--workspace"], "cargo build --release --workspace",
-            capture=False)
-    exe = target_dir() / "release" / "llmhost"
-    if not exe.is_file():
-        die(f"{exe} is missing: build it with `cargo build --release --workspace` (or drop --no-build)")
-    return exe
 
 
 def parse_json_tests(text, tool):
@@ -141,40 +69,6 @@ def bench_once(tool, exe, model, threads, n_prompt, n_gen, reps, extra):
     die(f"{tool} reported no test with n_prompt={n_prompt}, n_gen={n_gen}")
 
 
-def lscpu():
-    info = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            k, _, v = line.partition(":")
-            info[k.strip()] = v.strip()
-    except OSError:
-        pass
-    flags = set(info.get("Flags", "").split())
-    simd = [f for f in ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                        "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8"] if f in flags]
-    cpus = info.get("CPU(s)", "?")
-    cores = "?"
-    try:
-        cores = int(info["Core(s) per socket"]) * int(info["Socket(s)"])
-    except (KeyError, ValueError):
-        pass
-    return (f"{info.get('Model name', platform.processor() or '?')}, {cpus} logical CPUs, "
-            f"{cores} cores, {info.get('Thread(s) per core', '?')} thread(s) per core, "
-            f"L3 {info.get('L3 cache', '?')}; SIMD: {' '.join(simd) or 'none'}")
-
-
-def git_describe():
-    try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+changes" if dirty else "") if rev else "unknown"
-    except OSError:
-        return "unknown"
-
-
 def fmt_ts(x):
     return f"{x:.2f}"
 
@@ -186,18 +80,6 @@ def bandwidths(exe, threads, extra, size_mib):
     return {r["n_threads"]: r["best_gbps"] for r in runs}
 
 
-def write_md(path, section):
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + BEGIN + "\n" + section + END + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + section + END + "\n"
-    path.write_text(text)
-    log(f"wrote the results into {path}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -205,11 +87,11 @@ def main():
     ap.add_argument("--models", default=",".join(ALL_MODELS),
                     help=f"comma-separated names as scripts/fetch_models.py --list shows them "
                          f"(default: {','.join(ALL_MODELS)})")
-    ap.add_argument("-t", "--threads", type=int_list, default=[1, 2],
+    ap.add_argument("-t", "--threads", type=int_list(0), default=[1, 2],
                     help="thread counts, comma-separated (default: 1,2)")
-    ap.add_argument("-p", "--n-prompt", type=int_list, default=[512],
+    ap.add_argument("-p", "--n-prompt", type=int_list(0), default=[512],
                     help="prompt lengths of the pp tests (default: 512; 0: none)")
-    ap.add_argument("-n", "--n-gen", type=int_list, default=[128],
+    ap.add_argument("-n", "--n-gen", type=int_list(0), default=[128],
                     help="generation lengths of the tg tests (default: 128; 0: none)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="A/B rounds per test: llama-bench then llmhost, this many times (default: 2)")
@@ -332,7 +214,7 @@ def main():
     print()
     print(section)
     if not a.no_write:
-        write_md(a.md, section)
+        write_md(a.md, section, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,15 @@ struct Outcome {
 }
 
 fn submit(h: &SchedulerHandle, prompt: Vec<u32>, max_tokens: usize) -> UnboundedReceiver<Event> {
+    submit_with(h, prompt, max_tokens, false)
+}
+
+fn submit_with(
+    h: &SchedulerHandle,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    ignore_eos: bool,
+) -> UnboundedReceiver<Event> {
     let (tx, rx) = unbounded_channel();
     h.submit(GenerationRequest {
         prompt,
@@ -57,6 +66,7 @@ fn submit(h: &SchedulerHandle, prompt: Vec<u32>, max_tokens: usize) -> Unbounded
         sampler: SamplerConfig::greedy(),
         stop: Vec::new(),
         top_logprobs: None,
+        ignore_eos,
         events: tx,
     })
     .unwrap();
@@ -268,6 +278,7 @@ fn shutdown_finishes_requests_in_flight_and_refuses_new_ones() {
         sampler: SamplerConfig::greedy(),
         stop: Vec::new(),
         top_logprobs: None,
+        ignore_eos: false,
         events: tx,
     });
     assert_eq!(refused.unwrap_err(), SubmitError::ShuttingDown);
@@ -290,4 +301,30 @@ fn bad_requests_fail_with_a_reason() {
     if out.tokens.len() == 3 {
         assert_eq!(out.finish, Some(FinishReason::Length));
     }
+}
+
+#[test]
+fn ignore_eos_generates_max_tokens_past_the_end_of_the_answer() {
+    let scheduler = start(1, None);
+    let h = scheduler.handle();
+    let model = h.model().clone();
+    let tok = &model.tokenizer;
+    let text = model
+        .template
+        .render_prompt(
+            &[llmhost::chat::Message::user("What is 2 + 2?")],
+            true,
+            tok.add_bos(),
+            tok.add_eos(),
+        )
+        .unwrap();
+    let prompt = tok.encode(&text, true, true);
+    let short = collect(submit(&h, prompt.clone(), 64));
+    assert_eq!(short.finish, Some(FinishReason::Stop), "{short:?}");
+    assert!(short.tokens.len() < 64);
+    let long = collect(submit_with(&h, prompt, 64, true));
+    assert_eq!(long.finish, Some(FinishReason::Length));
+    assert_eq!(long.tokens.len(), 64);
+    assert_eq!(long.tokens[..short.tokens.len()], short.tokens[..]);
+    assert!(long.tokens.iter().any(|&t| tok.is_end_of_generation(t)));
 }

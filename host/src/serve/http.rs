@@ -397,6 +397,7 @@ async fn generate(
         sampler,
         stop: params.stop_strings(&app.options.generation),
         top_logprobs: params.top_logprobs,
+        ignore_eos: params.ignore_eos,
         events,
     })?;
     let answer = Answer {

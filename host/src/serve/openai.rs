@@ -225,6 +225,8 @@ pub struct GenerationParams {
     pub include_usage: bool,
     /// `Some(n)`: log-probabilities with the `n` most likely alternatives per token.
     pub top_logprobs: Option<usize>,
+    /// llama.cpp's extension: generate `max_tokens` whatever the model says.
+    pub ignore_eos: bool,
 }
 
 /// Parses a request body (bytes as received) for `endpoint`.
@@ -309,6 +311,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<GenerationParams
         },
     };
     let stream = f.bool("stream")?.unwrap_or(false);
+    let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
         None => false,
         Some(Value::Object(o)) => Fields(o)
@@ -329,6 +332,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<GenerationParams
         stream,
         include_usage,
         top_logprobs,
+        ignore_eos,
     })
 }
 
@@ -1085,6 +1089,7 @@ mod tests {
         assert_eq!(p.max_tokens, None);
         assert!(!p.stream && !p.include_usage);
         assert_eq!(p.top_logprobs, None);
+        assert!(!p.ignore_eos);
         assert_eq!(p.sampling, SamplingFields::default());
     }
 
@@ -1097,7 +1102,8 @@ mod tests {
                 "max_tokens":5,"max_completion_tokens":7,"temperature":0,"top_p":0.5,"top_k":3,
                 "min_p":0.1,"seed":9,"stop":["x","y"],"presence_penalty":0.5,
                 "frequency_penalty":-0.5,"n":1,"logprobs":true,"top_logprobs":2,"stream":true,
-                "stream_options":{"include_usage":true},"user":"u","whatever":{"extra":1}}"#,
+                "stream_options":{"include_usage":true},"user":"u","whatever":{"extra":1},
+                "ignore_eos":true}"#,
         )
         .unwrap();
         assert_eq!(
@@ -1112,7 +1118,7 @@ mod tests {
         assert_eq!(p.max_tokens, Some(7), "max_completion_tokens wins");
         assert_eq!(p.stop, vec!["x", "y"]);
         assert_eq!(p.top_logprobs, Some(2));
-        assert!(p.stream && p.include_usage);
+        assert!(p.stream && p.include_usage && p.ignore_eos);
         let s = &p.sampling;
         assert_eq!(
             (s.temperature, s.top_p, s.top_k, s.min_p, s.seed),

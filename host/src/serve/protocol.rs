@@ -31,6 +31,9 @@ pub struct GenerationRequest {
     /// `Some(n)`: every token event carries the token's log-probability and the `n`
     /// (≤ [`MAX_TOP_LOGPROBS`]) most likely tokens at that step.
     pub top_logprobs: Option<usize>,
+    /// Keep generating past end-of-generation tokens (llama.cpp's `ignore_eos`; benchmarks
+    /// use it for fixed lengths). They are still not part of the text.
+    pub ignore_eos: bool,
     /// Where the events go. Dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
 }

@@ -265,6 +265,7 @@ struct Active<'t> {
     detok: Detokenizer<'t>,
     filter: StopFilter,
     top_logprobs: Option<usize>,
+    ignore_eos: bool,
     /// Tokens this step feeds, and where its logits land (if any).
     fed: usize,
     logits_row: Option<usize>,
@@ -494,6 +495,7 @@ impl<'e, 'f, 't> Batcher<'e, 'f, 't> {
                 detok: self.tokenizer.detokenizer(),
                 filter: StopFilter::new(r.stop),
                 top_logprobs: r.top_logprobs,
+                ignore_eos: r.ignore_eos,
                 tokens: r.prompt,
                 events: r.events,
                 fed: 0,
@@ -593,7 +595,7 @@ impl<'e, 'f, 't> Batcher<'e, 'f, 't> {
         let a = &mut self.active[i];
         let token = a.sampler.sample(logits, &a.tokens);
         a.sampler.accept(token);
-        if tokenizer.is_end_of_generation(token) {
+        if tokenizer.is_end_of_generation(token) && !a.ignore_eos {
             return Some((FinishReason::Stop, false));
         }
         let logprobs = a
