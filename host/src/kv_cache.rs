@@ -460,6 +460,11 @@ impl KvCache {
             .unwrap_or(0)
     }
 
+    /// The block table of `seq` (block ids in position order; empty for an unknown sequence).
+    pub fn block_table(&self, seq: u32) -> &[u32] {
+        self.seqs.get(&seq).map_or(&[], |s| &s.table)
+    }
+
     /// Forgets `seq`: releases its blocks (indexed ones stay cached) and its reservation.
     pub fn clear_seq(&mut self, seq: u32) {
         let Some(s) = self.seqs.remove(&seq) else {
@@ -593,20 +598,35 @@ impl KvCache {
                 stored,
             });
         }
-        let blocks = RSlice::from_slice(&table[..self.blocks_for(len)]);
+        let table = &table[..self.blocks_for(len)];
         let arena = &self.arenas[layer];
         let head_stride = self.head_dim * self.elem;
-        let paged = |data: &'a [u8], token_stride| KvRef {
-            dtype: self.dtype,
-            data: RSlice::from_slice(data),
-            token_stride,
-            head_stride,
-            block_tokens: self.block_tokens,
-            blocks,
+        // Blocks that follow each other in the pool (always so for a lone sequence, as in
+        // `run` and `bench`) are handed over as one contiguous run: kernels then take their
+        // plain strided path instead of looking rows up through the table.
+        let consecutive = table
+            .iter()
+            .zip(table.iter().skip(1))
+            .all(|(a, b)| a.checked_add(1) == Some(*b));
+        let side = |data: &'a [u8], token_stride: usize| match table.first() {
+            Some(&first) if consecutive => KvRef::contiguous(
+                self.dtype,
+                &data[first as usize * self.block_tokens * token_stride..],
+                token_stride,
+                head_stride,
+            ),
+            _ => KvRef {
+                dtype: self.dtype,
+                data: RSlice::from_slice(data),
+                token_stride,
+                head_stride,
+                block_tokens: self.block_tokens,
+                blocks: RSlice::from_slice(table),
+            },
         };
         Ok(KvView {
-            k: paged(&arena.k, self.k_row),
-            v: paged(&arena.v, self.v_row),
+            k: side(&arena.k, self.k_row),
+            v: side(&arena.v, self.v_row),
             len,
         })
     }

@@ -75,10 +75,10 @@ fn f16_round_trip_rounds_to_nearest_even_like_half() {
     assert_eq!(view.k.dtype, GgmlType::F16);
     assert_eq!(view.k.token_stride, 16);
     assert_eq!(view.k.head_stride, 8);
-    // The view spans the layer's whole arena: one block of the default size for 16 tokens.
-    assert_eq!(view.k.block_tokens, DEFAULT_BLOCK_TOKENS);
-    assert_eq!(view.k.blocks.as_slice(), &[0]);
-    assert_eq!(view.k.data.len(), 16 * 16);
+    // One block of the default size for 16 tokens, handed over as a contiguous run.
+    assert_eq!(kv.block_table(0), &[0]);
+    assert_eq!(view.k.block_tokens, 0);
+    assert_eq!(view.k.data.len(), DEFAULT_BLOCK_TOKENS * 16);
     let bytes = &view.k.data.as_slice()[view.k.row_offset(0, 0)..];
     for (i, &x) in k.iter().enumerate() {
         let got = u16::from_ne_bytes([bytes[2 * i], bytes[2 * i + 1]]);
@@ -104,7 +104,7 @@ fn f32_round_trip_is_exact() {
         let view = kv.view(layer, 7, 4).unwrap();
         assert_eq!(view.k.token_stride, 32);
         assert_eq!(view.k.head_stride, 16);
-        assert_eq!(view.v.blocks.len(), 1);
+        assert_eq!(kv.block_table(7).len(), 1);
         // One block of 16 rows, though the context is only 4.
         assert_eq!(view.v.data.len(), 16 * 32);
         for pos in 0..4 {
@@ -299,7 +299,7 @@ fn the_abi_trait_object_reaches_the_same_cache() {
             RResult::ROk(view) => {
                 assert_eq!(view.len, 1);
                 assert_eq!(view.k.head_stride, 8);
-                assert_eq!(view.k.block_tokens, DEFAULT_BLOCK_TOKENS);
+                assert_eq!(view.k.block_tokens, 0, "one block: contiguous");
             }
             RResult::RErr(e) => panic!("{e}"),
         }
@@ -344,7 +344,7 @@ fn assert_holds(kv: &KvCache, seq: u32, tokens: &[u32]) {
     assert_eq!(kv.seq_len(seq), tokens.len(), "length of sequence {seq}");
     for layer in 0..N_LAYER {
         let view = kv.view(layer, seq, tokens.len()).unwrap();
-        assert_eq!(view.k.blocks.len(), kv.blocks_for(tokens.len()));
+        assert_eq!(kv.block_table(seq).len(), kv.blocks_for(tokens.len()));
         for pos in 0..tokens.len() {
             let at = format!("sequence {seq}, layer {layer}, position {pos}");
             assert_eq!(
@@ -363,7 +363,7 @@ fn assert_holds(kv: &KvCache, seq: u32, tokens: &[u32]) {
 
 /// The block table of `seq`.
 fn table(kv: &KvCache, seq: u32) -> Vec<u32> {
-    kv.view(0, seq, kv.seq_len(seq)).unwrap().k.blocks.to_vec()
+    kv.block_table(seq).to_vec()
 }
 
 /// Tokens `start, start + 1, …` (`n` of them).
@@ -401,9 +401,16 @@ fn paged_rows_round_trip_across_block_boundaries() {
         assert_eq!(view.k.token_stride, 8 * elem);
         // Logical token 9 is row 1 of the third block.
         assert_eq!(view.k.row_offset(9, 0), (t[2] as usize * 4 + 1) * 8 * elem);
-        // Shorter views carry only the blocks they cover.
-        assert_eq!(kv.view(0, 3, 5).unwrap().k.blocks.as_slice(), &t[..2]);
-        assert_eq!(kv.view(0, 3, 0).unwrap().k.blocks.len(), 0);
+        // Shorter views carry only the blocks they cover: 0 and 1 follow each other, so
+        // they come as one contiguous run.
+        let short = kv.view(1, 3, 5).unwrap();
+        assert_eq!(short.k.block_tokens, 0);
+        for pos in 0..5 {
+            assert_eq!(decode(&short.k, pos, 8), decode(&view.k, pos, 8));
+        }
+        let longer = kv.view(0, 3, 9).unwrap();
+        assert_eq!(longer.k.blocks.as_slice(), &t[..3], "0, 1, 3: paged");
+        assert_eq!(kv.view(0, 3, 0).unwrap().k.data.len(), view.k.data.len());
         assert_eq!((kv.blocks_used(), kv.blocks_free()), (10, 0));
         kv.check_consistency().unwrap();
     }
