@@ -2,7 +2,7 @@
 //!
 //! The HTTP side turns an OpenAI request into a [`GenerationRequest`] (prompt already rendered
 //! through the chat template and tokenized, sampling settings validated) and submits it through
-//! a [`SchedulerHandle`]. The inference thread answers on the request's own channel with one
+//! a [`SchedulerHandle`](super::scheduler::SchedulerHandle). The inference thread answers on the request's own channel with one
 //! [`Event::Token`] per generated token and then exactly one [`Event::Done`] or
 //! [`Event::Failed`]. Dropping the receiving end cancels the request: the scheduler notices at
 //! its next step, stops generating and frees the sequence's KV blocks.
