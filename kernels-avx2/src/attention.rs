@@ -472,14 +472,10 @@ struct Partials<'a> {
 }
 
 /// The rows of a tile: row `r` has `d_pad` floats of query and (unnormalised) output, a
-/// running maximum and sum, and sees keys `ranges[r]`; `scores` holds a block of scores for
-/// two rows.
+/// running maximum and sum (`rows`, whose `scores` hold a block of scores for two rows), and
+/// sees keys `ranges[r]`.
 struct TileRows<'s> {
-    q: &'s [f32],
-    o: &'s mut [f32],
-    m: &'s mut [f32],
-    l: &'s mut [f32],
-    scores: &'s mut [f32],
+    rows: RowsState<'s>,
     ranges: &'s [(usize, usize)],
 }
 
@@ -514,13 +510,7 @@ fn tile_block<R: RowSource>(
         };
         let pair = r + 1 < n_rows && t.ranges[r + 1] == t.ranges[r];
         let n = if pair { 2 } else { 1 };
-        let rows = RowsState {
-            q: &t.q[r * dp..(r + n) * dp],
-            o: &mut t.o[r * dp..(r + n) * dp],
-            m: &mut t.m[r..r + n],
-            l: &mut t.l[r..r + n],
-            scores: &mut t.scores[..n * p.block_keys],
-        };
+        let rows = t.rows.select(r, n, dp, p.block_keys);
         match (pair, elem) {
             (true, F16) => pair_block::<F16, R>(p, rows, blk),
             (true, _) => pair_block::<F32, R>(p, rows, blk),
@@ -578,11 +568,13 @@ fn run_tile(
 
     if let Some(lo) = lo {
         let mut tile = TileRows {
-            q: q_rows,
-            o: &mut *o_rows,
-            m: &mut *m,
-            l: &mut *l,
-            scores,
+            rows: RowsState {
+                q: q_rows,
+                o: &mut *o_rows,
+                m: &mut *m,
+                l: &mut *l,
+                scores,
+            },
             ranges: &ranges,
         };
         // Row pointers of one block of a paged cache read in place (`RowTable`).
@@ -747,6 +739,19 @@ struct RowsState<'s> {
     m: &'s mut [f32],
     l: &'s mut [f32],
     scores: &'s mut [f32],
+}
+
+impl RowsState<'_> {
+    /// Rows `r..r + n` (rows of `dp` floats), with scores for `n` blocks of `block_keys`.
+    fn select(&mut self, r: usize, n: usize, dp: usize, block_keys: usize) -> RowsState<'_> {
+        RowsState {
+            q: &self.q[r * dp..(r + n) * dp],
+            o: &mut self.o[r * dp..(r + n) * dp],
+            m: &mut self.m[r..r + n],
+            l: &mut self.l[r..r + n],
+            scores: &mut self.scores[..n * block_keys],
+        }
+    }
 }
 
 /// One row against one block of keys: scores, the online-softmax step, and the weighted

@@ -179,20 +179,15 @@ impl Printer {
         let mut text = String::new();
         if !self.started {
             self.started = true;
-            text.push_str(&format!(
-                "| {:<30} | {:>10} | {:>10} | {:<14} | {:>7} | {:>15} | {:>20} |\n",
-                "model", "size", "params", "backend", "threads", "test", "t/s"
-            ));
-            text.push_str(&format!(
-                "| {} | {}: | {}: | {} | {}: | {}: | {}: |\n",
-                "-".repeat(30),
-                "-".repeat(9),
-                "-".repeat(9),
-                "-".repeat(14),
-                "-".repeat(6),
-                "-".repeat(14),
-                "-".repeat(19)
-            ));
+            text.push_str(&md_head(&[
+                ("model", -30),
+                ("size", 10),
+                ("params", 10),
+                ("backend", -14),
+                ("threads", 7),
+                ("test", 15),
+                ("t/s", 20),
+            ]));
         }
         text.push_str(&format!(
             "| {:<30} | {:>10} | {:>10} | {:<14} | {:>7} | {:>15} | {:>20} |\n",
@@ -215,19 +210,14 @@ impl Printer {
         let mut text = String::new();
         if !self.started {
             self.started = true;
-            text.push_str(&format!(
-                "| {:<28} | {:>7} | {:>10} | {:>4} | {:>12} | {:>16} |\n",
-                "test", "threads", "buffer", "runs", "best GB/s", "mean GB/s"
-            ));
-            text.push_str(&format!(
-                "| {} | {}: | {}: | {}: | {}: | {}: |\n",
-                "-".repeat(28),
-                "-".repeat(6),
-                "-".repeat(9),
-                "-".repeat(3),
-                "-".repeat(11),
-                "-".repeat(15)
-            ));
+            text.push_str(&md_head(&[
+                ("test", -28),
+                ("threads", 7),
+                ("buffer", 10),
+                ("runs", 4),
+                ("best GB/s", 12),
+                ("mean GB/s", 16),
+            ]));
         }
         let (mean, sd) = mean_stddev(&r.samples_gbps);
         text.push_str(&format!(
@@ -264,9 +254,33 @@ impl Printer {
     }
 }
 
+/// A markdown table's header and separator rows, laid out like llama-bench's: each column is
+/// `(title, width)`, left-aligned when the width is negative, right-aligned (`---:`) otherwise.
+fn md_head(columns: &[(&str, isize)]) -> String {
+    let mut head = String::from("|");
+    let mut rule = String::from("|");
+    for &(title, width) in columns {
+        let w = width.unsigned_abs();
+        if width < 0 {
+            head.push_str(&format!(" {title:<w$} |"));
+            rule.push_str(&format!(" {} |", "-".repeat(w)));
+        } else {
+            head.push_str(&format!(" {title:>w$} |"));
+            rule.push_str(&format!(" {}: |", "-".repeat(w - 1)));
+        }
+    }
+    format!("{head}\n{rule}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markdown_heads_are_llama_bench_s() {
+        let head = md_head(&[("model", -7), ("t/s", 5)]);
+        assert_eq!(head, "| model   |   t/s |\n| ------- | ----: |\n");
+    }
 
     #[test]
     fn stats_match_llama_bench() {
