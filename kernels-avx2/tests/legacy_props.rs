@@ -437,16 +437,20 @@ fn time_ns(mut f: impl FnMut()) -> f64 {
 }
 
 /// ns per block dot product, each kernel against a loop of one-row calls (`tile` with
-/// nr = nc = 1): decode (nc = 1) streaming 128 MiB of weights in 64-row tiles as the matmul
-/// driver hands them out, decode over 64 rows that stay in L2, and a 64 × 64 prompt tile.
+/// nr = nc = 1): decode (nc = 1) streaming 128 MiB of weights in `BENCH_ROWS`-row tiles
+/// (default 64) as the matmul driver hands them out, decode over that many rows that stay in
+/// L2, and a square prompt tile of that size; rows of `BENCH_K` elements (default 4096).
 /// Best of 3 rounds per cell.
 #[test]
 #[ignore]
 fn bench_legacy_tiles() {
     let Some(cpu) = cpu() else { return };
-    let k = 4096;
+    let env = |name: &str, default: usize| {
+        std::env::var(name).map_or(default, |v| v.parse().expect("a number of elements"))
+    };
+    let k = env("BENCH_K", 4096);
     let nb = k / QK;
-    let rows = 64;
+    let rows = env("BENCH_ROWS", 64);
     let mut rng = Rng(1);
     let mut table = [[f64::INFINITY; 6]; TYPES.len()];
     for _round in 0..3 {

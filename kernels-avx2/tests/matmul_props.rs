@@ -203,6 +203,51 @@ fn mismatched_shapes_are_errors() {
     assert!(!err.is_empty() && !err.contains('\n'), "{err}");
 }
 
+/// Decode over enough weight rows that the driver's tiles reach their largest size (256 rows
+/// for one activation row), for every type, on one and two threads: each output once.
+#[test]
+fn decode_over_long_row_ranges_matches_reference() {
+    let rows = 2600;
+    for (ti, &t) in kernels_reference::weight_types().iter().enumerate() {
+        let cols = cols_for(t, 1);
+        let w = weight(t, rows, cols, ti as u64);
+        let wr = WeightRef {
+            dtype: t,
+            layout: 0,
+            rows,
+            cols,
+            data: RSlice::from_slice(&w),
+        };
+        let x = uniform(ti as u64 ^ 0x77, cols);
+        let want = reference_matmul(wr, &x, cols, 1);
+        for threads in [1, 2] {
+            let mut y = vec![f32::NAN; rows];
+            let pool = SpawningPool(threads);
+            Avx2Kernels::matmul(
+                MatmulArgs {
+                    weight: wr,
+                    input: RSlice::from_slice(&x),
+                    input_stride: cols,
+                    n_batch: 1,
+                    output: RSliceMut::from_mut_slice(&mut y),
+                    output_stride: rows,
+                },
+                &pool.pool_ref(),
+            )
+            .unwrap();
+            for r in 0..rows {
+                let tol = 2e-5 * (magnitude(wr, &x, cols, 0, r) + 1e-3);
+                let (got, exp) = (y[r] as f64, want[r] as f64);
+                assert!(
+                    (got - exp).abs() <= tol,
+                    "{} r={r} t={threads}: {got} vs {exp}",
+                    t.name()
+                );
+            }
+        }
+    }
+}
+
 /// Decode matmul speed on weights far larger than the caches, as in a real decode step:
 /// GB/s of weights streamed per type. Timing only (run with
 /// `cargo test --release -p kernels-avx2 --test matmul_props -- --ignored --nocapture`).

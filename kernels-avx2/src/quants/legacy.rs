@@ -11,9 +11,12 @@
 //!   the `sign` trick on every weight×activation pair), the offset comes out as
 //!   `Σ q·y − 8·Σy`, with `8·Σy` computed once per activation block for every weight row.
 //!   Q8_0 weights are signed: `Σ w·y = Σ |w|·(y·sign w)`.
-//! * **Register tiles.** A pass computes up to 8 weight rows × 4 activation rows (prompts) or
-//!   8 weight rows × 1 (decode): each unpacked weight block feeds every activation row and
-//!   each activation block every weight row. Smaller passes cover the remainders.
+//! * **Register tiles.** A pass computes up to 4 weight rows × 8 activation rows or 8 × 4
+//!   (prompts, by type: [`max_block`]) or 8 weight rows × 1 (decode): each unpacked weight
+//!   block feeds every activation row and each activation block every weight row. Smaller
+//!   passes cover the remainders.
+//! * **Offset terms once per tile.** For Q4_0/Q5_0, `offset·Σy` of each activation block is
+//!   computed once per tile ([`offset_sums`]), not once per pass over its weight rows.
 //! * **Four rows per vector.** The 8-lane integer sums of four weight rows against one
 //!   activation block are reduced into one vector ([`dot_rows`], two lanes per row), which is
 //!   then converted, scaled and accumulated once, instead of once per row.
@@ -75,11 +78,22 @@ const fn code_offset(t: u8) -> i8 {
     }
 }
 
-/// Most weight rows per pass (two groups of four); measured against 4 (see the
-/// `bench_legacy_tiles` test): 8 is faster for decode and for prompts.
-const MAX_R: usize = 8;
-/// Most activation rows per pass: 8×4 measured fastest for prompts, ahead of 4×4, 8×3, 8×2.
-const MAX_C: usize = 4;
+/// The register block of a pass, weight rows × activation rows, for `nc` activation rows in
+/// all (timed with the `bench_legacy_tiles` test):
+/// * decode (`nc == 1`): 8 × 1, ahead of 4 × 1;
+/// * prompts: 4 × 8 for the types whose unpacking costs most per weight block (Q5_0, Q5_1)
+///   or that need no offset term (Q4_1, Q8_0): each unpacked block feeds 8 activation rows
+///   (8–15 % faster than 8 × 4); Q4_0 unpacks in 3 instructions and keeps 8 × 4, itself
+///   ahead of 4 × 4, 8 × 3 and 8 × 2.
+const fn max_block(t: u8, nc: usize) -> (usize, usize) {
+    if nc == 1 {
+        (8, 1)
+    } else if t == Q4_0 {
+        (8, 4)
+    } else {
+        (4, 8)
+    }
+}
 
 /// `Σ u·s` over each group of 4 adjacent bytes (u unsigned, s signed), as 8 i32 lanes: one
 /// row's integer block dot product. With [`dot_rows`] (four rows) it is the whole integer
@@ -154,33 +168,56 @@ unsafe fn weight_codes<const T: u8>(block: *const u8) -> __m256i {
 #[derive(Clone, Copy)]
 struct ActCodes {
     y: __m256i,
-    /// Q4_0/Q5_0 only: `offset·Σy` as 8 partial sums, for a single row's sums.
-    offset_sum: __m256i,
     /// Q4_0/Q5_0 only: `offset·Σy` as [`dot_rows`] leaves it for every row, to subtract from
-    /// the reduced sums of four rows.
+    /// the reduced sums of four rows (see [`offset_sums`]).
     offset_sums: __m256i,
 }
 
-/// Loads activation block `block` (Q8_0 or Q8_1, as type `T` needs).
+/// Loads activation block `block` (Q8_0 or Q8_1, as type `T` needs); `offset_sums` is its
+/// entry of [`offset_sums`] (0 for the types without an offset).
 ///
 /// # Safety
 /// `block` must be valid for reading one activation block for type `T`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn act_codes<const T: u8>(block: *const u8) -> ActCodes {
+unsafe fn act_codes<const T: u8>(block: *const u8, offset_sums: i64) -> ActCodes {
     let qs = if has_min(T) { 4 } else { 2 };
     // SAFETY: qs[32] lies at the end of the block, which the caller guarantees readable.
     let y = unsafe { _mm256_loadu_si256(block.add(qs).cast()) };
-    let offset_sum = if code_offset(T) != 0 {
-        dot_u8_i8(_mm256_set1_epi8(code_offset(T)), y)
-    } else {
-        _mm256_setzero_si256()
-    };
     ActCodes {
         y,
-        offset_sum,
-        offset_sums: dot_rows([_mm256_set1_epi8(code_offset(T)); 4], [y; 4], true),
+        offset_sums: _mm256_set1_epi64x(offset_sums),
     }
+}
+
+/// For the types whose codes carry an offset (Q4_0, Q5_0; empty for the others), the offset
+/// term `offset·Σy` of every activation block of rows `0..nc` (`nb` per row, row after row),
+/// split the way [`dot_rows`] splits each row's sum over its two lanes: the low dword sums
+/// the products of the block's even 4-byte groups, the high dword the odd ones. Subtracting
+/// it lane by lane leaves each lane the exact partial sum of `(code − offset)·y`, whose
+/// magnitude the float accumulation then sees, not the larger `code·y`.
+///
+/// Computed once per tile (an 8-lane reduction per block) instead of once per pass over the
+/// tile's weight rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn offset_sums<const T: u8>(nb: usize, x: &[u8], x_stride: usize, nc: usize) -> Vec<i64> {
+    if code_offset(T) == 0 {
+        return Vec::new();
+    }
+    let xb = act_block_bytes(T);
+    let mut sums = Vec::with_capacity(nc * nb);
+    for c in 0..nc {
+        for block in x[c * x_stride..][..nb * xb].chunks_exact(xb) {
+            // SAFETY: the block's 32 quants end it; the load is unaligned.
+            let y = unsafe { _mm256_loadu_si256(block[xb - QK..].as_ptr().cast()) };
+            // One dword per 4-byte group, then the even and odd dwords summed into 0 and 1.
+            let d = dot_u8_i8(_mm256_set1_epi8(code_offset(T)), y);
+            let h = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
+            let q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+            sums.push(_mm_cvtsi128_si64(q));
+        }
+    }
+    sums
 }
 
 /// The unsigned and signed operands of [`dot_u8_i8`] for weight codes `w` and activation
@@ -313,7 +350,7 @@ fn lane(v: __m256, i: usize) -> __m256 {
 unsafe fn group_step<const T: u8, const C: usize>(
     wp: &[*const u8],
     acts: &[ActCodes; C],
-    x_scales: __m256,
+    x_scales: [__m256; 2],
     acc: &mut [__m256; C],
 ) {
     let rows = wp.len();
@@ -331,8 +368,13 @@ unsafe fn group_step<const T: u8, const C: usize>(
         (d, _mm256_setzero_ps())
     };
     // Activation c's d and s (Q8_1) lanes.
-    let x_d = |c: usize| lane(x_scales, if has_min(T) { 2 * c } else { c });
-    let x_s = |c: usize| lane(x_scales, 2 * c + 1);
+    let x_d = |c: usize| {
+        lane(
+            x_scales[c / 4],
+            if has_min(T) { 2 * (c % 4) } else { c % 4 },
+        )
+    };
+    let x_s = |c: usize| lane(x_scales[c / 4], 2 * (c % 4) + 1);
     // Missing rows of a short group have zero codes.
     let codes: [__m256i; 4] = std::array::from_fn(|i| {
         if i < rows {
@@ -347,7 +389,11 @@ unsafe fn group_step<const T: u8, const C: usize>(
         let w_d = _mm256_permutevar8x32_ps(w_d, _mm256_setzero_si256());
         for c in 0..C {
             let (u, y) = operands::<T>(codes[0], acts[c].y);
-            let sum = _mm256_sub_epi32(dot_u8_i8(u, y), acts[c].offset_sum);
+            let mut sum = dot_u8_i8(u, y);
+            if code_offset(T) != 0 {
+                // This rare path (a lone row) keeps its 8 lanes: the offset term per lane.
+                sum = _mm256_sub_epi32(sum, dot_u8_i8(_mm256_set1_epi8(code_offset(T)), y));
+            }
             let scale = _mm256_mul_ps(w_d, x_d(c));
             acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), acc[c]);
             if has_min(T) {
@@ -377,6 +423,25 @@ unsafe fn group_step<const T: u8, const C: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 fn store_group<const C: usize>(acc: &[__m256; C], rows: usize, out: &mut [f32], out_stride: usize) {
     for (c, &v) in acc.iter().enumerate() {
+        if rows == 4 {
+            // Each row's two lanes summed into the first, then those four lanes in row order.
+            let sums = _mm256_add_ps(v, _mm256_movehdup_ps(v));
+            let idx = _mm256_setr_epi32(
+                ROW_LANE[0] as i32,
+                ROW_LANE[1] as i32,
+                ROW_LANE[2] as i32,
+                ROW_LANE[3] as i32,
+                0,
+                0,
+                0,
+                0,
+            );
+            let rows = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(sums, idx));
+            let out = &mut out[c * out_stride..][..4];
+            // SAFETY: `out` holds the 4 floats written; the store is unaligned.
+            unsafe { _mm_storeu_ps(out.as_mut_ptr(), rows) };
+            continue;
+        }
         let mut lanes = [0f32; 8];
         // SAFETY: `lanes` holds the 8 floats written.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
@@ -393,7 +458,10 @@ fn store_group<const C: usize>(acc: &[__m256; C], rows: usize, out: &mut [f32], 
 
 /// One pass: weight rows `w` × activation rows `x` (each row exactly `nb` blocks); writes
 /// `out[c * out_stride + r]`. The rows go in groups of four (one [`dot_rows`] each);
-/// `ahead` (when not 0) is the distance in bytes from each row to a row to prefetch.
+/// `ahead` (when not 0) is the distance in bytes from each row to a row to prefetch;
+/// `offsets[c]` holds activation row c's [`offset_sums`] (empty for types without offset).
+// `b` indexes blocks of several rows and their offset terms at once.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pass<const T: u8, const R: usize, const C: usize>(
@@ -401,14 +469,19 @@ fn pass<const T: u8, const R: usize, const C: usize>(
     w: [&[u8]; R],
     ahead: usize,
     x: [&[u8]; C],
+    offsets: [&[i64]; C],
     out: &mut [f32],
     out_stride: usize,
 ) {
-    const { assert!(R >= 1 && R <= 8 && C >= 1 && C <= 4) };
+    const { assert!(R >= 1 && R <= 8 && C >= 1 && C <= 8) };
     let wb = weight_block_bytes(T);
     let xb = act_block_bytes(T);
     assert!(w.iter().all(|row| row.len() == nb * wb));
     assert!(x.iter().all(|row| row.len() == nb * xb));
+    let with_offset = code_offset(T) != 0;
+    assert!(offsets
+        .iter()
+        .all(|o| o.len() == if with_offset { nb } else { 0 }));
     // Two named groups rather than a loop over them: LLVM would not unroll that loop (its body
     // is large) and would keep the accumulators in memory.
     let mut acc0 = [_mm256_setzero_ps(); C];
@@ -426,9 +499,20 @@ fn pass<const T: u8, const R: usize, const C: usize>(
             }
         }
         // SAFETY: each pointer addresses a whole activation block.
-        let acts: [ActCodes; C] = std::array::from_fn(|c| unsafe { act_codes::<T>(xp[c]) });
+        let acts: [ActCodes; C] = std::array::from_fn(|c| unsafe {
+            act_codes::<T>(xp[c], if with_offset { offsets[c][b] } else { 0 })
+        });
         // SAFETY: every activation block starts with d (Q8_1: d, s).
-        let x_scales = unsafe { scales(&xp, has_min(T)) };
+        let x_scales = unsafe {
+            [
+                scales(&xp[..C.min(4)], has_min(T)),
+                if C > 4 {
+                    scales(&xp[4..], has_min(T))
+                } else {
+                    _mm256_setzero_ps()
+                },
+            ]
+        };
         let (lo, hi) = wp.split_at(R.min(4));
         // SAFETY: the pointers address whole weight blocks.
         unsafe { group_step::<T, C>(lo, &acts, x_scales, &mut acc0) };
@@ -456,12 +540,18 @@ fn pass_at<const T: u8, const R: usize, const C: usize>(
     x: &[u8],
     x_stride: usize,
     c0: usize,
+    offsets: &[i64],
     out: &mut [f32],
     out_stride: usize,
 ) {
     let wb = nb * weight_block_bytes(T);
     let xb = nb * act_block_bytes(T);
-    let w_rows = std::array::from_fn(|r| &w[(r0 + r) * w_stride..][..wb]);
+    // Loops rather than `array::from_fn`: its closures would not be inlined into this
+    // target-feature function, and these run once per pass.
+    let mut w_rows: [&[u8]; R] = [&[]; R];
+    for (r, row) in w_rows.iter_mut().enumerate() {
+        *row = &w[(r0 + r) * w_stride..][..wb];
+    }
     // Decode streams the weights from memory once: while a pass reads its rows, it prefetches
     // the same blocks of the next pass's rows (into L2), whose starts the hardware prefetchers
     // would only find after a few misses. One distance for all rows keeps one register.
@@ -470,12 +560,20 @@ fn pass_at<const T: u8, const R: usize, const C: usize>(
     } else {
         0
     };
-    let x_rows = std::array::from_fn(|c| &x[(c0 + c) * x_stride..][..xb]);
+    let mut x_rows: [&[u8]; C] = [&[]; C];
+    let mut row_offsets: [&[i64]; C] = [&[]; C];
+    for c in 0..C {
+        x_rows[c] = &x[(c0 + c) * x_stride..][..xb];
+        if !offsets.is_empty() {
+            row_offsets[c] = &offsets[(c0 + c) * nb..][..nb];
+        }
+    }
     pass::<T, R, C>(
         nb,
         w_rows,
         ahead,
         x_rows,
+        row_offsets,
         &mut out[c0 * out_stride + r0..],
         out_stride,
     );
@@ -499,29 +597,46 @@ fn tile<const T: u8>(
         "k = {k} is not a whole number of blocks"
     );
     let nb = k / QK;
+    let offsets = offset_sums::<T>(nb, x, x_stride, nc);
+    let (max_r, max_c) = max_block(T, nc);
     let mut c0 = 0;
     while c0 < nc {
-        let cn = MAX_C.min(nc - c0);
+        let cn = max_c.min(nc - c0);
         let mut r0 = 0;
         while r0 < nr {
             // 5 to 7 rows go as 4 + the rest: fewer shapes to compile.
             let rn = match nr - r0 {
-                n if n >= MAX_R => MAX_R,
+                n if n >= max_r => max_r,
                 n if n >= 4 => 4,
                 n => n,
             };
             macro_rules! call {
                 ($r:literal, $c:literal) => {
-                    pass_at::<T, $r, $c>(nb, w, w_stride, r0, nr, x, x_stride, c0, out, out_stride)
+                    pass_at::<T, $r, $c>(
+                        nb, w, w_stride, r0, nr, x, x_stride, c0, &offsets, out, out_stride,
+                    )
                 };
             }
             macro_rules! by_cols {
+                (8) => {
+                    match cn {
+                        1 => call!(8, 1),
+                        2 => call!(8, 2),
+                        3 => call!(8, 3),
+                        4 => call!(8, 4),
+                        _ => unreachable!(),
+                    }
+                };
                 ($r:literal) => {
                     match cn {
                         1 => call!($r, 1),
                         2 => call!($r, 2),
                         3 => call!($r, 3),
                         4 => call!($r, 4),
+                        5 => call!($r, 5),
+                        6 => call!($r, 6),
+                        7 => call!($r, 7),
+                        8 => call!($r, 8),
                         _ => unreachable!(),
                     }
                 };
