@@ -203,6 +203,22 @@ fn mismatched_shapes_are_errors() {
     assert!(!err.is_empty() && !err.contains('\n'), "{err}");
 }
 
+/// `y = weight · x` for the single activation row `x` (decode), on `pool`.
+fn decode_matmul(weight: WeightRef<'_>, x: &[f32], y: &mut [f32], pool: &SpawningPool) {
+    Avx2Kernels::matmul(
+        MatmulArgs {
+            weight,
+            input: RSlice::from_slice(x),
+            input_stride: weight.cols,
+            n_batch: 1,
+            output: RSliceMut::from_mut_slice(y),
+            output_stride: weight.rows,
+        },
+        &pool.pool_ref(),
+    )
+    .unwrap();
+}
+
 /// Decode over enough weight rows that the driver's tiles reach their largest size (256 rows
 /// for one activation row), for every type, on one and two threads: each output once.
 #[test]
@@ -222,19 +238,7 @@ fn decode_over_long_row_ranges_matches_reference() {
         let want = reference_matmul(wr, &x, cols, 1);
         for threads in [1, 2] {
             let mut y = vec![f32::NAN; rows];
-            let pool = SpawningPool(threads);
-            Avx2Kernels::matmul(
-                MatmulArgs {
-                    weight: wr,
-                    input: RSlice::from_slice(&x),
-                    input_stride: cols,
-                    n_batch: 1,
-                    output: RSliceMut::from_mut_slice(&mut y),
-                    output_stride: rows,
-                },
-                &pool.pool_ref(),
-            )
-            .unwrap();
+            decode_matmul(wr, &x, &mut y, &SpawningPool(threads));
             for r in 0..rows {
                 let tol = 2e-5 * (magnitude(wr, &x, cols, 0, r) + 1e-3);
                 let (got, exp) = (y[r] as f64, want[r] as f64);
@@ -291,24 +295,14 @@ fn time_decode_matmul_streaming() {
         for _ in 0..5 {
             let start = std::time::Instant::now();
             for m in &mats {
-                Avx2Kernels::matmul(
-                    MatmulArgs {
-                        weight: WeightRef {
-                            dtype: t,
-                            layout: 0,
-                            rows,
-                            cols,
-                            data: RSlice::from_slice(m),
-                        },
-                        input: RSlice::from_slice(&x),
-                        input_stride: cols,
-                        n_batch: 1,
-                        output: RSliceMut::from_mut_slice(&mut y),
-                        output_stride: rows,
-                    },
-                    &pool.pool_ref(),
-                )
-                .unwrap();
+                let weight = WeightRef {
+                    dtype: t,
+                    layout: 0,
+                    rows,
+                    cols,
+                    data: RSlice::from_slice(m),
+                };
+                decode_matmul(weight, &x, &mut y, &pool);
             }
             best = best.min(start.elapsed().as_secs_f64());
         }
