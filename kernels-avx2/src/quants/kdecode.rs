@@ -163,14 +163,14 @@ pub(super) fn dot_q4_k(nb: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 /// Q6_K (128 bytes of low nibbles, 64 of high 2-bit pairs, 16 `i8` scales of 16 elements,
-/// `d: f16`) · Q8_K over `nb` super-blocks. The weights' `−32` offset is applied as
-/// `maddubs(32, y)` subtracted from `maddubs(q, y)` (both i16, no saturation: |q·y| ≤ 2·63·128).
+/// `d: f16`) · Q8_K over `nb` super-blocks. The weights' `−32` offset comes out of the
+/// activations' 16-element sums once per super-block, `32·Σ_i sc_i·bsum_i`, subtracted from
+/// the integer sums before they meet a float (as ggml's AVX2 code does); the 2-bit pairs go
+/// into bit 4-5 of each byte with one mask and at most one shift each.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_q6_k(nb: usize, w: &[u8], x: &[u8]) -> f32 {
     const BB: usize = 210;
     let m4 = _mm256_set1_epi8(0x0f);
-    let m2 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     for i in 0..nb {
         let b = &w[i * BB..][..BB];
@@ -178,35 +178,42 @@ pub(super) fn dot_q6_k(nb: usize, w: &[u8], x: &[u8]) -> f32 {
         prefetch_ahead(b, BB);
         let d = f32_at(y, 0) * f16_at(b, 208);
         let scales = load16(b, 192);
+        // 32·Σ sc·bsum: one madd over the 16 scales and the 16 activation sums.
+        let offset_term = _mm256_slli_epi32(
+            _mm256_madd_epi16(load32(y, Q8K_BSUMS), _mm256_cvtepi8_epi16(scales)),
+            5,
+        );
         let mut sumi = _mm256_setzero_si256();
         for j in 0..2 {
             let hbits = load32(b, 128 + 32 * j);
             let ql1 = load32(b, 64 * j);
             let ql2 = load32(b, 64 * j + 32);
             // Element groups of this 128-element half: ql1 low nibbles + qh bits 0-1, ql2 low
-            // + bits 2-3, ql1 high + bits 4-5, ql2 high + bits 6-7.
+            // + bits 2-3, ql1 high + bits 4-5, ql2 high + bits 6-7. Each pair of high bits is
+            // masked where it lies, then moved to bits 4-5 (16-bit shifts: the masked-off
+            // bits are all that crosses a byte).
             let q = [
                 _mm256_or_si256(
                     _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(hbits, m2), 4),
+                    _mm256_slli_epi16(_mm256_and_si256(hbits, _mm256_set1_epi8(0x03)), 4),
                 ),
                 _mm256_or_si256(
                     _mm256_and_si256(ql2, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), m2), 4),
+                    _mm256_slli_epi16(_mm256_and_si256(hbits, _mm256_set1_epi8(0x0c)), 2),
                 ),
                 _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), m2), 4),
+                    _mm256_and_si256(hbits, _mm256_set1_epi8(0x30)),
                 ),
                 _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), m2), 4),
+                    _mm256_srli_epi16(_mm256_and_si256(hbits, _mm256_set1_epi8(-64)), 2),
                 ),
             ];
             for (k, &qk) in q.iter().enumerate() {
                 let yk = load32(y, Q8K_QS + 128 * j + 32 * k);
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(qk, yk), _mm256_maddubs_epi16(m32, yk));
+                // Unsigned 6-bit codes: |q·y + q·y| ≤ 2·63·128 fits i16.
+                let p = _mm256_maddubs_epi16(qk, yk);
                 // Scales 8j+2k (first 16 elements) and 8j+2k+1 (last 16), widened to i16.
                 let s = (8 * j + 2 * k) as i8;
                 let shuffle = _mm_setr_epi8(
@@ -231,6 +238,7 @@ pub(super) fn dot_q6_k(nb: usize, w: &[u8], x: &[u8]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
             }
         }
+        let sumi = _mm256_sub_epi32(sumi, offset_term);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc)
