@@ -19,6 +19,7 @@
 //! path = "model.gguf"     # relative to this file
 //! ctx_size = 0            # tokens of context; 0: the model's, at most 4096
 //! kv_type = "f16"         # KV cache elements: f16 or f32
+//! repack = true           # repack weights at load for the kernel plugin; false: all zero-copy
 //!
 //! [generation]
 //! max_tokens = 256
@@ -66,6 +67,9 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
     pub ctx_size: usize,
     pub kv_type: String,
+    /// Repack weights at load into the kernel plugin's preferred layout (`--no-repack` turns
+    /// it off).
+    pub repack: bool,
 }
 
 impl Default for ModelConfig {
@@ -74,6 +78,7 @@ impl Default for ModelConfig {
             path: None,
             ctx_size: 0,
             kv_type: "f16".into(),
+            repack: true,
         }
     }
 }
@@ -512,6 +517,10 @@ mod tests {
             parse("[generation]\nseed = 7\nstop = [\"x\"]\n[model]\npath = \"m.gguf\"\n").unwrap();
         assert_eq!(c.generation.seed, Some(7));
         assert_eq!(c.model.path, Some(PathBuf::from("m.gguf")));
+        assert!(c.model.repack);
+        assert!(!parse("[model]\nrepack = false\n").unwrap().model.repack);
+        let e = parse("[model]\nrepack = \"no\"\n").unwrap_err();
+        assert!(e.contains("llmhost.toml:2:"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A loaded model ready to run: the GGUF file's tensors (zero-copy over the mmap), the
-//! architecture plugin's model, the chosen kernel plugin, and the host's KV cache. One
-//! [`Engine::forward`] is one step over a batch of tokens that may span several sequences.
+//! A loaded model ready to run: the GGUF file's tensors (zero-copy over the mmap, or repacked
+//! once at load into the kernel plugin's preferred layout), the architecture plugin's model,
+//! the chosen kernel plugin, and the host's KV cache. One [`Engine::forward`] is one step over
+//! a batch of tokens that may span several sequences.
 
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, DEFAULT_BLOCK_TOKENS};
@@ -9,7 +10,10 @@ use crate::pool::ThreadPool;
 use crate::pool_bridge::PoolBridge;
 use abi_stable::std_types::{RSlice, RSliceMut};
 use anyhow::{bail, Context};
-use plugin_api::{Batch, ForwardArgs, GgmlType, ModelBox, ModelInfo, TensorRef};
+use plugin_api::{
+    Batch, ForwardArgs, GgmlType, ModelBox, ModelInfo, PreparedWeight, TensorRef, WeightRef,
+};
+use std::time::Instant;
 
 /// Default context when neither the user nor the model says otherwise.
 pub const DEFAULT_CTX: usize = 4096;
@@ -29,6 +33,10 @@ pub struct EngineOptions {
     pub kv_sequences: usize,
     /// Tokens per KV cache block.
     pub kv_block_tokens: usize,
+    /// Let the kernel plugin repack weight matrices at load into its preferred layout
+    /// (`prepare_weight`); the file pages of the repacked tensors are then released. Off:
+    /// every weight stays zero-copy in the mmap.
+    pub repack: bool,
 }
 
 impl Default for EngineOptions {
@@ -39,12 +47,38 @@ impl Default for EngineOptions {
             kv_tokens: None,
             kv_sequences: 1,
             kv_block_tokens: DEFAULT_BLOCK_TOKENS,
+            repack: true,
         }
     }
 }
 
+/// The one 2-D tensor never offered for repacking: see [`repack_weights`].
+const EMBEDDING_TENSOR: &str = "token_embd.weight";
+
+/// What [`Engine::load`] repacked for the kernel plugin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RepackStats {
+    /// Whether repacking was on ([`EngineOptions::repack`]).
+    pub enabled: bool,
+    /// Tensors the kernel plugin repacked (0 when it kept every one as it is).
+    pub repacked: usize,
+    /// Tensors in the model file.
+    pub total_tensors: usize,
+    /// Bytes of the repacked buffers the engine holds.
+    pub bytes: u64,
+    /// Bytes of file pages released after repacking (whole pages only, so at most about
+    /// `bytes`; 0 where the file is not mapped or the system cannot release pages).
+    pub released_bytes: u64,
+    /// Seconds spent repacking and releasing pages.
+    pub seconds: f64,
+}
+
 pub struct Engine<'f> {
+    /// Every tensor of the file in GGUF's layout, zero-copy over the mapping.
     tensors: Vec<TensorRef<'f>>,
+    /// Indexed like `tensors`: the kernel plugin's repacked copy, where it made one.
+    prepared: Vec<Option<PreparedWeight>>,
+    repack: RepackStats,
     model: ModelBox,
     info: ModelInfo,
     kernels: Kernels,
@@ -62,8 +96,9 @@ pub struct Step<'a> {
 }
 
 impl<'f> Engine<'f> {
-    /// Hands the file's metadata and tensors to the architecture plugin that handles its
-    /// `general.architecture`, and sizes the KV cache.
+    /// Hands the file's metadata and tensors (GGUF's layout) to the architecture plugin that
+    /// handles its `general.architecture`, lets the kernel plugin repack the weight matrices
+    /// (when `options.repack`), and sizes the KV cache.
     pub fn load(
         file: &'f GgufFile,
         registry: &PluginRegistry,
@@ -78,6 +113,20 @@ impl<'f> Engine<'f> {
             .load(architecture, file.metadata(), &tensors)
             .with_context(|| format!("loading {}", file.name()))?;
         let info = model.info();
+        let (prepared, repack) = if options.repack {
+            repack_weights(file, &kernels)?
+        } else {
+            tracing::debug!("weight repacking is off: every weight stays zero-copy in the mmap");
+            (
+                std::iter::repeat_with(|| None)
+                    .take(tensors.len())
+                    .collect(),
+                RepackStats {
+                    total_tensors: tensors.len(),
+                    ..RepackStats::default()
+                },
+            )
+        };
         let n_ctx = match options.n_ctx {
             Some(0) => bail!("the context size must be at least 1 token"),
             Some(n) => n,
@@ -106,6 +155,8 @@ impl<'f> Engine<'f> {
         })?;
         Ok(Engine {
             tensors,
+            prepared,
+            repack,
             model,
             info,
             kernels,
@@ -139,6 +190,11 @@ impl<'f> Engine<'f> {
         &mut self.kv
     }
 
+    /// What the kernel plugin repacked at load, how big it is and how long it took.
+    pub fn repack_stats(&self) -> &RepackStats {
+        &self.repack
+    }
+
     /// Runs one step; `logits` receives `n_vocab` floats for each token with `want_logits`,
     /// in batch order.
     pub fn forward(
@@ -157,9 +213,30 @@ impl<'f> Engine<'f> {
                 self.n_ctx
             );
         }
+        // The tensor table with the repacked buffers in place of their file bytes: a few
+        // hundred small copies per step, only when something was repacked.
+        let patched: Vec<TensorRef<'_>>;
+        let tensors: &[TensorRef<'_>] = if self.repack.repacked == 0 {
+            &self.tensors
+        } else {
+            patched = self
+                .tensors
+                .iter()
+                .zip(&self.prepared)
+                .map(|(&t, p)| match p {
+                    Some(p) => TensorRef {
+                        layout: p.layout,
+                        data: RSlice::from_slice(&p.data),
+                        ..t
+                    },
+                    None => t,
+                })
+                .collect();
+            &patched
+        };
         let bridge = PoolBridge::new(pool);
         let args = ForwardArgs {
-            tensors: RSlice::from_slice(&self.tensors),
+            tensors: RSlice::from_slice(tensors),
             batch: Batch {
                 tokens: RSlice::from_slice(step.tokens),
                 positions: RSlice::from_slice(step.positions),
@@ -175,5 +252,141 @@ impl<'f> Engine<'f> {
             .forward(args)
             .into_result()
             .map_err(|e| anyhow::anyhow!("plugin '{}' failed in forward: {e}", self.arch_plugin))
+    }
+}
+
+/// Offers every weight matrix of `file` to the kernel plugin's `prepare_weight`, keeps what it
+/// repacked, and releases the file pages of each repacked tensor as soon as its copy exists
+/// (its mapped bytes are no longer read): the resident size stays about that of the file, at
+/// its peak too. The tensors are independent, so every core repacks.
+fn repack_weights(
+    file: &GgufFile,
+    kernels: &Kernels,
+) -> anyhow::Result<(Vec<Option<PreparedWeight>>, RepackStats)> {
+    let t0 = Instant::now();
+    let tensors = file.tensors();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tensors.len())
+        .max(1);
+    let mut results: Vec<(usize, anyhow::Result<Option<PreparedWeight>>, u64)> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(t) = tensors.get(i) else { break };
+                            let p = prepare_tensor(file, kernels, t);
+                            let mut released = 0;
+                            if let Ok(Some(_)) = &p {
+                                match file.release_tensor_pages(t) {
+                                    Ok(n) => released = n,
+                                    Err(e) => tracing::debug!(
+                                        "releasing the file pages of tensor '{}': {e}",
+                                        t.name
+                                    ),
+                                }
+                            }
+                            done.push((i, p, released));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a repacking thread panicked"))
+                .collect()
+        });
+    results.sort_by_key(|(i, _, _)| *i);
+    let mut stats = RepackStats {
+        enabled: true,
+        total_tensors: tensors.len(),
+        ..RepackStats::default()
+    };
+    let mut prepared = Vec::with_capacity(tensors.len());
+    for (_, p, released) in results {
+        let p = p?;
+        if let Some(p) = &p {
+            stats.repacked += 1;
+            stats.bytes += p.data.len() as u64;
+            stats.released_bytes += released;
+        }
+        prepared.push(p);
+    }
+    stats.seconds = t0.elapsed().as_secs_f64();
+    if stats.repacked == 0 {
+        tracing::debug!(
+            "kernel plugin {} repacked none of the {} tensors: every weight stays zero-copy in the mmap",
+            kernels.name(),
+            stats.total_tensors
+        );
+    } else {
+        tracing::info!(
+            "repacked {} of {} tensors for {} in {:.2} s ({}{})",
+            stats.repacked,
+            stats.total_tensors,
+            kernels.name(),
+            stats.seconds,
+            mib(stats.bytes),
+            if stats.released_bytes > 0 {
+                ", their file pages released"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok((prepared, stats))
+}
+
+/// The kernel plugin's repacked copy of tensor `t`, if it makes one.
+fn prepare_tensor(
+    file: &GgufFile,
+    kernels: &Kernels,
+    t: &crate::gguf::TensorInfo,
+) -> anyhow::Result<Option<PreparedWeight>> {
+    // Only matrices go through matmul. The embedding table does not: the architecture plugins
+    // read its rows one token at a time through `dequantize`, which needs GGUF's layout. (It
+    // also serves as the output matrix of models with tied embeddings; that matmul then takes
+    // it in GGUF's layout, which every kernel accepts.)
+    if t.dims.len() != 2 || t.name == EMBEDDING_TENSOR {
+        return Ok(None);
+    }
+    let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+    let weight = WeightRef {
+        dtype: t.dtype,
+        layout: 0,
+        rows,
+        cols,
+        data: RSlice::from_slice(file.tensor_data(t)),
+    };
+    let p = kernels.prepare_weight(weight).with_context(|| {
+        format!(
+            "repacking tensor '{}' ({} {rows}x{cols}) of {} (--no-repack skips repacking)",
+            t.name,
+            t.dtype.name(),
+            file.name()
+        )
+    })?;
+    if p.as_ref().is_some_and(|p| p.layout == 0) {
+        bail!(
+            "kernel plugin '{}' repacked tensor '{}' into layout 0, which means GGUF's own: a bug in the plugin (--no-repack skips repacking)",
+            kernels.name(),
+            t.name
+        );
+    }
+    Ok(p)
+}
+
+/// `652 MiB`, `3.4 MiB`.
+fn mib(bytes: u64) -> String {
+    let m = bytes as f64 / (1024.0 * 1024.0);
+    if m >= 10.0 {
+        format!("{m:.0} MiB")
+    } else {
+        format!("{m:.1} MiB")
     }
 }

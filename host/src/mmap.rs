@@ -48,6 +48,72 @@ impl MappedFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Gives back to the kernel this process's resident pages of `bytes()[offset..offset +
+    /// len]`: only the whole pages inside the range (its start rounded up, its end rounded
+    /// down to the page size), so bytes just outside it stay resident. The bytes themselves do
+    /// not change: a later read of a released page faults it in again from the file. Returns
+    /// how many bytes were released (0 for a range without a whole page). Unix only; a no-op
+    /// elsewhere.
+    pub fn release_pages(&self, offset: usize, len: usize) -> std::io::Result<usize> {
+        let map_len = self.map.len();
+        let end = offset.checked_add(len).filter(|&end| end <= map_len);
+        let Some(end) = end else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bytes {offset}..+{len} are outside the mapping of {map_len} bytes"),
+            ));
+        };
+        #[cfg(unix)]
+        {
+            let page = page_size();
+            // Round in address space: the mapping starts on a page boundary, but do not
+            // rely on it.
+            let base = self.map.as_ptr() as usize;
+            let first = (base + offset).next_multiple_of(page) - base;
+            let last = (base + end) / page * page - base;
+            if last <= first {
+                return Ok(0);
+            }
+            // SAFETY: MADV_DONTNEED is "unchecked" because on memory a process wrote (an
+            // anonymous or a written private mapping) it silently replaces the contents under
+            // any live `&[u8]`. This mapping is read-only (PROT_READ), file-backed and never
+            // written, so every page it drops is a clean copy of the file: the next access
+            // re-reads the same bytes from the unchanged file (the contract of `open`: nobody
+            // modifies a mapped model file). Slices borrowed from `bytes()` therefore keep
+            // seeing the same values; nothing relies on the pages staying resident, only on
+            // their contents. `first..last` is page-aligned and inside the mapping (checked
+            // above), as madvise requires.
+            unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )?;
+            }
+            Ok(last - first)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = end;
+            Ok(0)
+        }
+    }
+}
+
+/// The size of a memory page (4096 where the system will not say).
+#[cfg(unix)]
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf only reads a system constant; _SC_PAGESIZE exists on every Unix
+        // and touches no memory of ours.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n)
+            .ok()
+            .filter(|n| n.is_power_of_two())
+            .unwrap_or(4096)
+    })
 }
 
 impl fmt::Debug for MappedFile {
@@ -82,5 +148,37 @@ mod tests {
         assert!(m.bytes().is_empty());
 
         assert!(MappedFile::open(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn released_pages_read_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pages.bin");
+        #[cfg(unix)]
+        let page = page_size();
+        #[cfg(not(unix))]
+        let page = 4096;
+        let data: Vec<u8> = (0..5 * page + 123)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        let m = MappedFile::open(&p).unwrap();
+        assert_eq!(m.bytes(), &data[..]);
+        let whole = |n: usize| if cfg!(unix) { n * page } else { 0 };
+        // From byte 100 for three pages: pages 1 and 2 are whole inside it.
+        assert_eq!(m.release_pages(100, 3 * page).unwrap(), whole(2));
+        assert_eq!(m.bytes(), &data[..]);
+        // Exactly aligned; the whole file (its partial last page stays).
+        assert_eq!(m.release_pages(page, page).unwrap(), whole(1));
+        assert_eq!(m.release_pages(0, data.len()).unwrap(), whole(5));
+        assert_eq!(m.bytes(), &data[..]);
+        // Nothing whole inside: empty, less than a page, straddling one boundary.
+        assert_eq!(m.release_pages(10, 0).unwrap(), 0);
+        assert_eq!(m.release_pages(10, page - 20).unwrap(), 0);
+        assert_eq!(m.release_pages(page - 10, page).unwrap(), 0);
+        // Outside the mapping.
+        assert!(m.release_pages(data.len() - 1, 2).is_err());
+        assert!(m.release_pages(usize::MAX, 2).is_err());
+        assert_eq!(m.bytes(), &data[..]);
     }
 }

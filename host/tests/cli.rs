@@ -235,3 +235,43 @@ fn help_explains_plugins_and_threads() {
     assert!(!out.status.success());
     assert!(stderr.contains("--threads"), "{stderr}");
 }
+
+#[test]
+fn no_repack_is_accepted_by_every_command_that_loads_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "some text").unwrap();
+    let text = text.to_str().unwrap();
+    let missing = "/nonexistent/model.gguf";
+    for args in [
+        &["run", "--no-repack", "-m", missing, "-p", "x"][..],
+        &["perplexity", "--no-repack", "-m", missing, "-f", text],
+        &["bench", "--no-repack", "-m", missing, "-p", "16"],
+        &[
+            "serve",
+            "--no-repack",
+            "-m",
+            missing,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+    ] {
+        // Past the argument parser: the missing model is what fails.
+        let (out, _, stderr) = run(llmhost().args(args));
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("does not exist") && !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+    }
+    for command in ["run", "perplexity", "bench", "serve"] {
+        let (out, stdout, _) = run(llmhost().args([command, "--help"]));
+        assert!(out.status.success());
+        assert!(
+            stdout.contains("--no-repack") && stdout.contains("zero-copy in the mmap"),
+            "{command} --help:\n{stdout}"
+        );
+    }
+}

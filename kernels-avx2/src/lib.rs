@@ -22,7 +22,7 @@ pub mod rope;
 use plugin_api::{
     abi_stable::std_types::RVec, AttentionArgs, BinaryArgs, CpuFeatures, CpuInfo, DequantizeArgs,
     FusedMatmulArgs, GgmlType, GluArgs, Isa, KernelImpl, KernelInfo, MatmulArgs, PoolRef,
-    QuantizeArgs, RmsNormArgs, RopeArgs, SoftmaxArgs, UnaryArgs,
+    PreparedWeight, QuantizeArgs, RmsNormArgs, RopeArgs, SoftmaxArgs, UnaryArgs, WeightRef,
 };
 
 /// The AVX2 kernels as a plugin.
@@ -115,6 +115,20 @@ impl KernelImpl for Avx2Kernels {
             }
             t => kernels_reference::quants::quantize_row(t, src, dst),
         }
+    }
+
+    /// Q4_K matrices (rows in multiples of 8) into groups of 8 interleaved rows
+    /// ([`quants::q4k_x8`]): same size, about 1.7× fewer instructions per weight in both
+    /// decode and prompt matmuls. Everything else stays zero-copy.
+    fn prepare_weight(w: WeightRef<'_>) -> Result<Option<PreparedWeight>, String> {
+        if w.layout != 0 || !quants::q4k_x8::can_repack(w.dtype, w.rows, w.cols) {
+            return Ok(None);
+        }
+        let data = quants::q4k_x8::repack(w.rows, w.cols, w.data.as_slice())?;
+        Ok(Some(PreparedWeight {
+            layout: quants::q4k_x8::LAYOUT_Q4_K_X8,
+            data: RVec::from(data),
+        }))
     }
 }
 

@@ -10,7 +10,7 @@
 //!    rows; the quantized activations of a column block (≤ 64 rows, ~60 KiB) stay in L2.
 //! 3. The epilogue adds the bias and, for residual connections, the previous output.
 
-use crate::{cpu::Avx2, disjoint::DisjointSlice, norm, quants};
+use crate::{cpu::Avx2, disjoint::DisjointSlice, norm, quants, quants::q4k_x8};
 use abi_stable::std_types::{ROption, RSlice, RSliceMut};
 use kernels_reference::{check, quants::vec_dot_type};
 use plugin_api::{parallel_for, FusedMatmulArgs, GgmlType, MatmulArgs, PoolRef, WeightRef};
@@ -68,7 +68,10 @@ struct Tile {
 
 /// The `matmul` entry point.
 pub fn matmul_op(mut a: MatmulArgs<'_>, pool: &PoolRef<'_>) -> Result<(), String> {
+    check_layout(&a.weight)?;
+    let layout = std::mem::replace(&mut a.weight.layout, 0);
     check::matmul(&a)?;
+    a.weight.layout = layout;
     let cpu = Avx2::get()?;
     let cols = a.weight.cols;
     let product = Product::new(
@@ -114,8 +117,12 @@ pub fn fused_matmul_op(mut a: FusedMatmulArgs<'_>, pool: &PoolRef<'_>) -> Result
             ));
         }
         // The shape checks of a plain matmul, on this target's buffers.
+        check_layout(&t.weight).map_err(|e| format!("target {i}: {e}"))?;
         check::matmul(&MatmulArgs {
-            weight: t.weight,
+            weight: WeightRef {
+                layout: 0,
+                ..t.weight
+            },
             input: RSlice::from_slice(input),
             input_stride: a.input_stride,
             n_batch: n,
@@ -154,6 +161,27 @@ pub fn fused_matmul_op(mut a: FusedMatmulArgs<'_>, pool: &PoolRef<'_>) -> Result
     )
 }
 
+/// The constraints of a weight's layout. A repacked weight (`prepare_weight`) has the GGUF
+/// size, so past these it gets the reference shape checks as if GGUF-native.
+fn check_layout(w: &WeightRef<'_>) -> Result<(), String> {
+    match w.layout {
+        0 => Ok(()),
+        q4k_x8::LAYOUT_Q4_K_X8 if q4k_x8::can_repack(w.dtype, w.rows, w.cols) => Ok(()),
+        q4k_x8::LAYOUT_Q4_K_X8 => Err(format!(
+            "weight layout {} (repacked Q4_K) needs a Q4_K matrix with rows in multiples of \
+             8 and whole super-blocks, not {} of {} × {}",
+            w.layout,
+            w.dtype.name(),
+            w.rows,
+            w.cols
+        )),
+        other => Err(format!(
+            "weight layout {other} is neither GGUF-native nor one this plugin's prepare_weight \
+             makes"
+        )),
+    }
+}
+
 impl<'a> Product<'a> {
     fn new(
         weight: WeightRef<'a>,
@@ -162,9 +190,10 @@ impl<'a> Product<'a> {
         out_stride: usize,
         accumulate: bool,
     ) -> Self {
-        let kernel = match quants::tile_fn(weight.dtype) {
-            Some(f) => Kernel::Simd(f),
-            None => Kernel::Scalar(weight.dtype),
+        let kernel = match (weight.layout, quants::tile_fn(weight.dtype)) {
+            (q4k_x8::LAYOUT_Q4_K_X8, _) => Kernel::Simd(q4k_x8::tile_q4_k_x8),
+            (_, Some(f)) => Kernel::Simd(f),
+            (_, None) => Kernel::Scalar(weight.dtype),
         };
         Product {
             weight,

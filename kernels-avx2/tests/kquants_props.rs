@@ -4,7 +4,7 @@
 //! included). An ignored test times the tiles.
 
 use kernels_avx2::cpu::Avx2;
-use kernels_avx2::quants::{quantize_activations, tile_fn, TileFn};
+use kernels_avx2::quants::{q4k_x8, quantize_activations, tile_fn, TileFn};
 use kernels_reference::quants;
 use plugin_api::{GgmlType, QK_K};
 use proptest::prelude::*;
@@ -158,7 +158,6 @@ fn check_tile(
     let out_stride = nr + pads.2;
     let w = strided(&w_rows, w_stride, &mut rng);
     let x = strided(&x_rows, x_stride, &mut rng);
-    const SENTINEL: f32 = -1234.5;
     let mut out = vec![SENTINEL; nc * out_stride + 3];
     tile(
         cpu(),
@@ -172,25 +171,80 @@ fn check_tile(
         &mut out,
         out_stride,
     );
+    check_outputs(t, t.name(), &out, out_stride, &w_rows, &x_rows)
+}
+
+/// Marks the elements of a tile's output buffer that it must not write.
+const SENTINEL: f32 = -1234.5;
+
+/// Every output of a tile of `t` weights (`out[c * out_stride + r]`) against the reference
+/// `vec_dot` of GGUF rows `w_rows[r]` and `x_rows[c]`, and every other element still
+/// [`SENTINEL`].
+fn check_outputs(
+    t: GgmlType,
+    what: &str,
+    out: &[f32],
+    out_stride: usize,
+    w_rows: &[Vec<u8>],
+    x_rows: &[Vec<u8>],
+) -> Result<(), TestCaseError> {
+    let (nr, nc) = (w_rows.len(), x_rows.len());
+    let k = w_rows[0].len() / t.block_bytes() * QK_K;
     for (i, &v) in out.iter().enumerate() {
         let (c, r) = (i / out_stride, i % out_stride);
         if c >= nc || r >= nr {
-            prop_assert!(
-                v == SENTINEL,
-                "{}: out[{i}] outside the tile written",
-                t.name()
-            );
+            prop_assert!(v == SENTINEL, "{what}: out[{i}] outside the tile written");
             continue;
         }
         let want = quants::vec_dot(t, k, &w_rows[r], &x_rows[c]).unwrap() as f64;
         let tol = 2e-5 * magnitude(t, k, &w_rows[r], &x_rows[c]) + 1e-30;
         prop_assert!(
             (v as f64 - want).abs() <= tol,
-            "{} k={k} r={r} c={c} of {nr}×{nc}: {v} vs {want} (tolerance {tol})",
-            t.name()
+            "{what} k={k} r={r} c={c} of {nr}×{nc}: {v} vs {want} (tolerance {tol})"
         );
     }
     Ok(())
+}
+
+/// The repacked Q4_K tile (`q4k_x8`) over `groups` groups of 8 weight rows × `nc` activation
+/// rows, against the reference `vec_dot` on the GGUF rows the groups were repacked from.
+fn check_repacked_tile(
+    blocks: usize,
+    groups: usize,
+    nc: usize,
+    pads: (usize, usize),
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let t = GgmlType::Q4_K;
+    let (k, nr) = (blocks * QK_K, groups * q4k_x8::GROUP_ROWS);
+    let mut rng = Rng::new(seed);
+    let w_rows: Vec<Vec<u8>> = (0..nr).map(|_| weight_row(t, k, &mut rng)).collect();
+    let x_rows: Vec<Vec<u8>> = (0..nc).map(|_| activation_row(k, &mut rng)).collect();
+    let w_stride = w_rows[0].len();
+    let gguf = w_rows.concat();
+    let w = q4k_x8::repack(nr, k, &gguf).unwrap();
+    prop_assert_eq!(w.len(), gguf.len());
+    prop_assert!(
+        q4k_x8::unpack(nr, k, &w) == gguf,
+        "repack does not round-trip"
+    );
+    let x_stride = x_rows[0].len() + pads.0;
+    let x = strided(&x_rows, x_stride, &mut rng);
+    let out_stride = nr + pads.1;
+    let mut out = vec![SENTINEL; nc * out_stride + 3];
+    q4k_x8::tile_q4_k_x8(
+        cpu(),
+        k,
+        &w,
+        w_stride,
+        nr,
+        &x,
+        x_stride,
+        nc,
+        &mut out,
+        out_stride,
+    );
+    check_outputs(t, "repacked Q4_K", &out, out_stride, &w_rows, &x_rows)
 }
 
 /// A float for the quantizer: mostly ordinary values, with zeros, signed zeros, NaNs,
@@ -229,6 +283,20 @@ proptest! {
         let t = TYPES[ti];
         let tile = tile_fn(t).unwrap();
         check_tile(t, tile, blocks, nr, nc, (w_pad, x_pad, out_pad), seed)?;
+    }
+
+    /// The repacked Q4_K tile equals the reference on the rows it was repacked from, and the
+    /// repacking round-trips.
+    #[test]
+    fn repacked_q4_k_tiles_match_reference_vec_dot(
+        blocks in prop_oneof![1usize..=3, Just(6usize)],
+        groups in 1usize..=3,
+        nc in 1usize..=9,
+        x_pad in 0usize..300,
+        out_pad in 0usize..5,
+        seed in any::<u64>(),
+    ) {
+        check_repacked_tile(blocks, groups, nc, (x_pad, out_pad), seed)?;
     }
 
     /// The AVX2 Q8_K quantizer writes exactly the reference's bytes.
@@ -310,6 +378,26 @@ fn kquant_tiles_every_remainder() {
     }
 }
 
+/// The repacked Q4_K tile at every activation-row remainder of its 8 × 4 register block, and
+/// what `repack` refuses.
+#[test]
+fn repacked_q4_k_every_remainder_and_refusals() {
+    for nc in 1..=9 {
+        check_repacked_tile(6, 2, nc, (5, 2), nc as u64).unwrap();
+    }
+    let row = GgmlType::Q4_K.row_bytes(QK_K).unwrap();
+    assert!(
+        q4k_x8::repack(12, QK_K, &vec![0; 12 * row]).is_err(),
+        "12 rows"
+    );
+    assert!(
+        q4k_x8::repack(8, QK_K, &vec![0; 8 * row - 1]).is_err(),
+        "short data"
+    );
+    assert!(!q4k_x8::can_repack(GgmlType::Q6_K, 8, QK_K));
+    assert!(!q4k_x8::can_repack(GgmlType::Q4_K, 8, QK_K + 32));
+}
+
 /// The fastest of many short runs of `f`, in ns per call: on a machine shared with other
 /// work, the minimum is the run nothing preempted.
 fn best_ns(mut f: impl FnMut()) -> f64 {
@@ -380,6 +468,17 @@ fn time_kquant_tiles() {
                 "{} k={k}: nc=1 {decode:.2} ns, nc=64 {gemm:.2} ns, one-row loop {single:.2} ns, reference {scalar:.1} ns per super-block dot",
                 t.name()
             );
+            if t == GgmlType::Q4_K {
+                let wp = q4k_x8::repack(nr, k, &w).unwrap();
+                let tile = q4k_x8::tile_q4_k_x8;
+                let decode =
+                    best_ns(|| tile(cpu(), k, &wp, ws, nr, &x, xs, 1, &mut out, nr)) / per_dot(1);
+                let gemm =
+                    best_ns(|| tile(cpu(), k, &wp, ws, nr, &x, xs, 64, &mut out, nr)) / per_dot(64);
+                println!(
+                    "Q4_K repacked ×8 k={k}: nc=1 {decode:.2} ns, nc=64 {gemm:.2} ns per super-block dot"
+                );
+            }
         }
     }
 }

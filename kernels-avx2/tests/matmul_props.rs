@@ -176,6 +176,115 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Q4_K weights repacked by `prepare_weight` give the reference's products, in plain and
+    /// fused matmuls, decode and prompt batches, on real threads.
+    #[test]
+    fn repacked_q4_k_matmul_matches_reference(
+        groups in 1usize..40, blocks in 1usize..4,
+        n_batch in prop_oneof![1usize..4, 60usize..70], fused: bool,
+        threads in 1usize..4, seed in any::<u64>(),
+    ) {
+        let (rows, cols) = (8 * groups, 256 * blocks);
+        let w = weight(GgmlType::Q4_K, rows, cols, seed);
+        let wr = WeightRef { dtype: GgmlType::Q4_K, layout: 0, rows, cols, data: RSlice::from_slice(&w) };
+        let prepared = Avx2Kernels::prepare_weight(wr).unwrap().expect("Q4_K in groups of 8 is repacked");
+        prop_assert_eq!(prepared.data.len(), w.len());
+        let packed = WeightRef { layout: prepared.layout, data: RSlice::from_slice(&prepared.data), ..wr };
+        let x = uniform(seed ^ 0x5bd1, n_batch * cols);
+        let mut y = vec![f32::NAN; n_batch * rows];
+        let pool = SpawningPool(threads);
+        if fused {
+            let mut targets = [MatmulTarget {
+                weight: packed, bias: ROption::RNone, output: RSliceMut::from_mut_slice(&mut y),
+                output_stride: rows, accumulate: false,
+            }];
+            Avx2Kernels::fused_matmul(FusedMatmulArgs {
+                input: RSlice::from_slice(&x), input_stride: cols, n_batch, cols,
+                norm: ROption::RNone, norm_eps: 1e-6,
+                targets: RSliceMut::from_mut_slice(&mut targets),
+            }, &pool.pool_ref()).unwrap();
+        } else {
+            Avx2Kernels::matmul(MatmulArgs {
+                weight: packed, input: RSlice::from_slice(&x), input_stride: cols, n_batch,
+                output: RSliceMut::from_mut_slice(&mut y), output_stride: rows,
+            }, &pool.pool_ref()).unwrap();
+        }
+        let want = reference_matmul(wr, &x, cols, n_batch);
+        for b in 0..n_batch {
+            for r in 0..rows {
+                let (got, exp) = (y[b * rows + r] as f64, want[b * rows + r] as f64);
+                let tol = 2e-5 * (magnitude(wr, &x, cols, b, r) + 1e-3);
+                prop_assert!((got - exp).abs() <= tol, "r={r} b={b}: {got} vs {exp}");
+            }
+        }
+    }
+}
+
+/// The first `rows` rows of `data`, a `dtype` matrix of 256 columns, in `layout`.
+fn weight_at(dtype: GgmlType, rows: usize, layout: u32, data: &[u8]) -> WeightRef<'_> {
+    let len = rows * dtype.row_bytes(256).unwrap();
+    WeightRef {
+        dtype,
+        layout,
+        rows,
+        cols: 256,
+        data: RSlice::from_slice(&data[..len]),
+    }
+}
+
+/// `prepare_weight` repacks only Q4_K in groups of 8 rows, and a matmul refuses a layout it
+/// does not know or one whose constraints the weight breaks, with one line.
+#[test]
+fn prepare_weight_scope_and_layout_errors() {
+    let q4k = weight(GgmlType::Q4_K, 12, 256, 1);
+    let q6k = weight(GgmlType::Q6_K, 8, 256, 2);
+    assert!(
+        Avx2Kernels::prepare_weight(weight_at(GgmlType::Q4_K, 12, 0, &q4k))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Avx2Kernels::prepare_weight(weight_at(GgmlType::Q6_K, 8, 0, &q6k))
+            .unwrap()
+            .is_none()
+    );
+    let layout = Avx2Kernels::prepare_weight(weight_at(GgmlType::Q4_K, 8, 0, &q4k))
+        .unwrap()
+        .unwrap()
+        .layout;
+    assert_ne!(layout, 0);
+    let x = vec![0f32; 256];
+    for (w, what) in [
+        (
+            weight_at(GgmlType::Q4_K, 8, layout ^ 1, &q4k),
+            "unknown layout",
+        ),
+        (weight_at(GgmlType::Q6_K, 8, layout, &q6k), "repacked Q6_K"),
+        (weight_at(GgmlType::Q4_K, 12, layout, &q4k), "12 rows"),
+    ] {
+        let mut y = vec![0f32; w.rows];
+        let err = Avx2Kernels::matmul(
+            MatmulArgs {
+                weight: w,
+                input: RSlice::from_slice(&x),
+                input_stride: 256,
+                n_batch: 1,
+                output: RSliceMut::from_mut_slice(&mut y),
+                output_stride: w.rows,
+            },
+            &InlinePool::pool_ref(),
+        )
+        .expect_err(what);
+        assert!(
+            err.contains("layout") && !err.contains('\n'),
+            "{what}: {err}"
+        );
+    }
+}
+
 /// Shape errors are one line, not a panic.
 #[test]
 fn mismatched_shapes_are_errors() {
@@ -289,6 +398,26 @@ fn time_decode_matmul_streaming() {
                     .collect()
             })
             .collect();
+        // REPACK=1: Q4_K as `prepare_weight` repacks it.
+        let mut layout = 0;
+        let mats: Vec<Vec<u8>> = if std::env::var("REPACK").is_ok() && t == GgmlType::Q4_K {
+            mats.iter()
+                .map(|m| {
+                    let w = WeightRef {
+                        dtype: t,
+                        layout: 0,
+                        rows,
+                        cols,
+                        data: RSlice::from_slice(m),
+                    };
+                    let p = Avx2Kernels::prepare_weight(w).unwrap().unwrap();
+                    layout = p.layout;
+                    p.data.to_vec()
+                })
+                .collect()
+        } else {
+            mats
+        };
         let x = uniform(3, cols);
         let mut y = vec![0f32; rows];
         let mut best = f64::MAX;
@@ -297,7 +426,7 @@ fn time_decode_matmul_streaming() {
             for m in &mats {
                 let weight = WeightRef {
                     dtype: t,
-                    layout: 0,
+                    layout,
                     rows,
                     cols,
                     data: RSlice::from_slice(m),
@@ -308,8 +437,9 @@ fn time_decode_matmul_streaming() {
         }
         let bytes = (n_mats * rows * row_bytes) as f64;
         println!(
-            "{:5} decode {rows}x{cols}: {:.2} GB/s ({:.1} µs per matrix)",
+            "{:5}{} decode {rows}x{cols}: {:.2} GB/s ({:.1} µs per matrix)",
             t.name(),
+            if layout != 0 { " repacked" } else { "" },
             bytes / best / 1e9,
             best / n_mats as f64 * 1e6
         );

@@ -17,6 +17,20 @@ pub struct ModelArgs {
     #[arg(short = 'c', long = "ctx-size", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ctx_size: Option<u32>,
+
+    #[arg(long = "no-repack", help = NO_REPACK_HELP)]
+    pub no_repack: bool,
+}
+
+/// The help of `--no-repack`, which `llmhost bench` shares.
+pub const NO_REPACK_HELP: &str = "Do not repack weights. By default they are repacked at \
+     load into the kernel plugin's preferred layout (faster matmuls; the repacked tensors' file \
+     pages are released, so memory stays about the same); --no-repack keeps every weight \
+     zero-copy in the mmap. Overrides [model] repack";
+
+/// Whether to repack weights at load: `--no-repack` over `[model] repack`.
+pub fn repack(no_repack_flag: bool, settings: &Settings) -> bool {
+    !no_repack_flag && settings.config.model.repack
 }
 
 impl ModelArgs {
@@ -32,6 +46,7 @@ impl ModelArgs {
             } else {
                 GgmlType::F16
             },
+            repack: repack(self.no_repack, settings),
             ..EngineOptions::default()
         }
     }

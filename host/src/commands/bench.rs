@@ -22,7 +22,7 @@ pub mod membw;
 pub mod model_desc;
 pub mod output;
 
-use crate::engine::{Engine, EngineOptions, Step};
+use crate::engine::{Engine, EngineOptions, RepackStats, Step};
 use crate::generate::{prefill, DEFAULT_BATCH};
 use crate::pool::ThreadPool;
 use crate::session::{model_path, Session};
@@ -44,8 +44,8 @@ Examples:
 
 Progress goes to stderr, results to stdout. The JSON fields are llama-bench's (model_type,
 model_size, model_n_params, n_threads, n_prompt, n_gen, n_depth, avg_ts, stddev_ts,
-samples_ts, ...) plus llmhost's: model_ready_s, peak_rss_bytes, weight_bytes_per_token and
-weight_read_gbps (generation tests).")]
+samples_ts, ...) plus llmhost's: model_ready_s, repack_s, repacked_tensors, repacked_bytes,
+peak_rss_bytes, weight_bytes_per_token and weight_read_gbps (generation tests).")]
 pub struct BenchArgs {
     /// GGUF model file(s) to test: repeat the flag or separate with commas
     /// [default: [model] path of the config].
@@ -103,6 +103,9 @@ pub struct BenchArgs {
     /// Skip the untimed warm-up run before each test.
     #[arg(long)]
     pub no_warmup: bool,
+
+    #[arg(long = "no-repack", help = super::args::NO_REPACK_HELP)]
+    pub no_repack: bool,
 
     /// Instead of a model: measure this machine's sustained memory read bandwidth
     /// (STREAM-style: each thread sums its part of a buffer much larger than the caches; best
@@ -249,6 +252,7 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
             .engine(&EngineOptions {
                 n_ctx: Some(n_ctx),
                 kv_type,
+                repack: super::args::repack(args.no_repack, settings),
                 ..EngineOptions::default()
             })
             .with_context(|| format!("loading {}", path.display()))?;
@@ -258,8 +262,9 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
             engine_load,
         };
         let desc = ModelDesc::of(&session.file);
+        let repacked = repack_summary(engine.repack_stats());
         eprintln!(
-            "{TAG}: {} ({}) ready in {:.3} s (session {:.3} s: plugins, mmap, page warm-up, tokenizer; engine {:.3} s: architecture plugin, weight preparation, KV cache); kernels {}; peak RSS {}",
+            "{TAG}: {} ({}) ready in {:.3} s (session {:.3} s: plugins, mmap, page warm-up, tokenizer; engine {:.3} s: architecture plugin, {repacked}, KV cache); kernels {}; peak RSS {}",
             path.display(),
             desc.model_type,
             ready.total().as_secs_f64(),
@@ -269,7 +274,7 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
             peak_rss_bytes().map_or("unknown".into(), output::size_str)
         );
         printer.note(format!(
-            "{}: model ready in {:.3} s (session {:.3} s + engine {:.3} s); weights read per generated token: {}; peak RSS {}",
+            "{}: model ready in {:.3} s (session {:.3} s + engine {:.3} s, {repacked}); weights read per generated token: {}; peak RSS {}",
             file_name(path),
             ready.total().as_secs_f64(),
             ready.session_open.as_secs_f64(),
@@ -318,6 +323,20 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         peak_rss_bytes().map_or("unknown".into(), output::size_str)
     ));
     printer.finish()
+}
+
+/// What the engine's load spent on repacking weights, for the ready line.
+fn repack_summary(stats: &RepackStats) -> String {
+    match (stats.enabled, stats.repacked) {
+        (false, _) => "weights not repacked (--no-repack)".to_string(),
+        (true, 0) => "no weight repacked by the kernel plugin".to_string(),
+        (true, n) => format!(
+            "repacked {n} of {} tensors in {:.3} s ({})",
+            stats.total_tensors,
+            stats.seconds,
+            output::size_str(stats.bytes)
+        ),
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -395,6 +414,9 @@ fn record(
         model_ready_s: ready.total().as_secs_f64(),
         session_open_s: ready.session_open.as_secs_f64(),
         engine_load_s: ready.engine_load.as_secs_f64(),
+        repack_s: engine.repack_stats().seconds,
+        repacked_tensors: engine.repack_stats().repacked,
+        repacked_bytes: engine.repack_stats().bytes,
         peak_rss_bytes: peak_rss_bytes(),
         weight_bytes_per_token: desc.bytes_per_token,
         weight_read_gbps: (test.n_gen > 0 && test.n_prompt == 0)

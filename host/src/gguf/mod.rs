@@ -162,6 +162,28 @@ impl GgufFile {
         range.and_then(|r| self.bytes().get(r)).unwrap_or_default()
     }
 
+    /// Releases the resident file pages that hold only `t`'s data (see
+    /// [`MappedFile::release_pages`]): for a tensor the kernel plugin repacked into a buffer of
+    /// its own, so that the mapped copy stops counting. The bytes stay readable (a later read
+    /// faults them in again). Returns the bytes released; 0 for a file read into memory
+    /// ([`GgufFile::from_bytes`]).
+    pub fn release_tensor_pages(&self, t: &TensorInfo) -> std::io::Result<u64> {
+        match &self.storage {
+            Storage::Mapped(m) => {
+                let bad = || {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("tensor '{}' lies outside {}", t.name, self.name),
+                    )
+                };
+                let offset = usize::try_from(t.offset).map_err(|_| bad())?;
+                let len = usize::try_from(t.size).map_err(|_| bad())?;
+                m.release_pages(offset, len).map(|n| n as u64)
+            }
+            Storage::Owned(_) => Ok(0),
+        }
+    }
+
     /// `t` as plugins see it (zero-copy, `layout` 0).
     pub fn tensor_ref<'a>(&'a self, t: &'a TensorInfo) -> TensorRef<'a> {
         TensorRef {

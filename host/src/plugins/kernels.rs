@@ -117,6 +117,17 @@ impl Kernels {
         })
     }
 
+    /// A kernel plugin linked into this process instead of loaded from a library (tests, an
+    /// embedder's own kernels): `root` as `plugin_api::kernel::root_module::<K>()` makes it.
+    /// Its `info()` and `score(cpu)` are asked as for a loaded one; it takes the name its
+    /// `info()` gives.
+    pub fn in_process(root: KernelPluginRef, cpu: &CpuInfo) -> Result<Kernels, PluginCallError> {
+        const WHERE: &str = "(in process)";
+        let mut k = Kernels::init(root, WHERE, Path::new(WHERE), cpu)?;
+        k.name = k.info.name.to_string();
+        Ok(k)
+    }
+
     fn error(&self, op: &'static str, message: &str) -> PluginCallError {
         PluginCallError::new(&self.name, op, message)
     }

@@ -13,30 +13,11 @@
 //! exact sum on rows whose terms cancel; the prompt GEMM ([`super::kquants`]) keeps exact
 //! integer totals per super-block instead, where the wider register blocks pay for it.
 
+use super::kshared::{load16, load32, Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 use std::arch::x86_64::*;
 
-/// Q8_K: `d: f32`, `qs: [i8; 256]`, `bsums: [i16; 16]`.
-const Q8K_BYTES: usize = 292;
-const Q8K_QS: usize = 4;
-const Q8K_BSUMS: usize = 260;
 /// How far ahead of the super-block being read its row is prefetched, in bytes.
 const PREFETCH: usize = 4096;
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load32(b: &[u8], off: usize) -> __m256i {
-    let s = &b[off..][..32];
-    // SAFETY: `s` holds the 32 bytes read (bounds-checked); unaligned load.
-    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load16(b: &[u8], off: usize) -> __m128i {
-    let s = &b[off..][..16];
-    // SAFETY: `s` holds the 16 bytes read (bounds-checked); unaligned load.
-    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
-}
 
 /// Prefetches the cache lines `PREFETCH` bytes past the start of a `len`-byte block.
 #[inline]

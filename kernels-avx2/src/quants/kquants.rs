@@ -34,6 +34,7 @@
 // The register blocks index several arrays (rows, columns, slots) with one index.
 #![allow(clippy::needless_range_loop)]
 
+use super::kshared::{load16, load32, Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 use crate::cpu::Avx2;
 use plugin_api::QK_K;
 use std::arch::x86_64::*;
@@ -53,10 +54,6 @@ const fn block_bytes(t: u8) -> usize {
     }
 }
 
-/// Bytes of a Q8_K block: `d: f32`, `qs: [i8; 256]`, `bsums: [i16; 16]`.
-const Q8K_BYTES: usize = 292;
-const Q8K_QS: usize = 4;
-const Q8K_BSUMS: usize = 260;
 /// 32-element vectors per super-block.
 const VECS: usize = QK_K / 32;
 
@@ -95,24 +92,6 @@ struct Packed {
     scales: [__m256i; VECS],
     bsum_weights: __m256i,
     dm: __m128,
-}
-
-/// 32 bytes at `bytes[off..]` as a vector.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load32(bytes: &[u8], off: usize) -> __m256i {
-    let v = &bytes[off..][..32];
-    // SAFETY: `v` is a bounds-checked 32-byte slice; the load is unaligned.
-    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-}
-
-/// 16 bytes at `bytes[off..]` as a vector.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load16(bytes: &[u8], off: usize) -> __m128i {
-    let v = &bytes[off..][..16];
-    // SAFETY: `v` is a bounds-checked 16-byte slice; the load is unaligned.
-    unsafe { _mm_loadu_si128(v.as_ptr().cast()) }
 }
 
 #[inline]

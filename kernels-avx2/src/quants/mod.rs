@@ -12,9 +12,10 @@
 //! matmul driver only decides which tile each thread computes (cache blocking, threading).
 
 /// Defines, for each `name: TYPE_TAG`, the safe [`TileFn`] `name` calling the invoking
-/// module's `#[target_feature]` function `tile::<TYPE_TAG>`.
+/// module's `#[target_feature]` function `tile::<TYPE_TAG>`; for each `name = function`, one
+/// calling that `#[target_feature]` function.
 macro_rules! tile_fns {
-    ($($name:ident: $t:expr;)*) => {$(
+    (@one $name:ident, $($target:tt)+) => {
         /// A [`TileFn`](super::TileFn) for this weight type.
         #[allow(clippy::too_many_arguments)]
         pub fn $name(
@@ -30,8 +31,14 @@ macro_rules! tile_fns {
             out_stride: usize,
         ) {
             // SAFETY: `_cpu` proves avx2+fma+f16c.
-            unsafe { tile::<{ $t }>(k, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
+            unsafe { $($target)+(k, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
         }
+    };
+    ($($name:ident = $f:ident;)*) => {$(
+        tile_fns!(@one $name, $f);
+    )*};
+    ($($name:ident: $t:expr;)*) => {$(
+        tile_fns!(@one $name, tile::<{ $t }>);
     )*};
 }
 
@@ -39,7 +46,9 @@ pub mod act;
 pub mod float;
 mod kdecode;
 pub mod kquants;
+mod kshared;
 pub mod legacy;
+pub mod q4k_x8;
 
 use crate::cpu::Avx2;
 use plugin_api::GgmlType;

@@ -282,6 +282,14 @@ impl Decoder {
         // Embeddings.
         let mut x = vec![0f32; n * e];
         let emb = tensors::weight(t, self.token_embd);
+        // Rows are read straight from the bytes: only GGUF's layout makes sense here (the host
+        // never offers the embedding table for repacking).
+        if emb.layout != 0 {
+            return Err(format!(
+                "token_embd.weight was repacked by the kernel plugin (layout {}); embeddings need the GGUF layout",
+                emb.layout
+            ));
+        }
         let row_bytes = emb
             .dtype
             .row_bytes(e)

@@ -53,8 +53,15 @@ pub struct TestRecord {
     pub model_ready_s: f64,
     /// Plugin discovery and loading, mmap and page warm-up, tokenizer, thread pool.
     pub session_open_s: f64,
-    /// Architecture plugin load (any weight preparation) and KV cache allocation.
+    /// Architecture plugin load, weight repacking and KV cache allocation.
     pub engine_load_s: f64,
+    /// The part of `engine_load_s` spent repacking weights for the kernel plugin (and
+    /// releasing their file pages); 0 with `--no-repack`.
+    pub repack_s: f64,
+    /// Tensors the kernel plugin repacked at load.
+    pub repacked_tensors: usize,
+    /// Bytes of the repacked weights (their file pages were released).
+    pub repacked_bytes: u64,
     /// Peak resident set (VmHWM) when the test ended; mapped weights count once touched.
     pub peak_rss_bytes: Option<u64>,
     /// Bytes of weights one decode step reads.
