@@ -117,16 +117,16 @@ impl KernelImpl for Avx2Kernels {
         }
     }
 
-    /// Q4_K matrices (rows in multiples of 8) into groups of 8 interleaved rows
-    /// ([`quants::q4k_x8`]): same size, about 1.7× fewer instructions per weight in both
-    /// decode and prompt matmuls. Everything else stays zero-copy.
+    /// Q4_K and Q6_K matrices (rows in multiples of 8) into groups of 8 interleaved rows
+    /// ([`quants::x8`]): same size, fewer instructions per weight in both decode and prompt
+    /// matmuls. Everything else stays zero-copy.
     fn prepare_weight(w: WeightRef<'_>) -> Result<Option<PreparedWeight>, String> {
-        if w.layout != 0 || !quants::q4k_x8::can_repack(w.dtype, w.rows, w.cols) {
+        if w.layout != 0 || !quants::x8::can_repack(w.dtype, w.rows, w.cols) {
             return Ok(None);
         }
-        let data = quants::q4k_x8::repack(w.rows, w.cols, w.data.as_slice())?;
+        let (layout, data) = quants::x8::repack(w.dtype, w.rows, w.cols, w.data.as_slice())?;
         Ok(Some(PreparedWeight {
-            layout: quants::q4k_x8::LAYOUT_Q4_K_X8,
+            layout,
             data: RVec::from(data),
         }))
     }

@@ -10,7 +10,7 @@
 //!    rows; the quantized activations of a column block (≤ 64 rows, ~60 KiB) stay in L2.
 //! 3. The epilogue adds the bias and, for residual connections, the previous output.
 
-use crate::{cpu::Avx2, disjoint::DisjointSlice, norm, quants, quants::q4k_x8};
+use crate::{cpu::Avx2, disjoint::DisjointSlice, norm, quants, quants::x8};
 use abi_stable::std_types::{ROption, RSlice, RSliceMut};
 use kernels_reference::{check, quants::vec_dot_type};
 use plugin_api::{parallel_for, FusedMatmulArgs, GgmlType, MatmulArgs, PoolRef, WeightRef};
@@ -164,20 +164,25 @@ pub fn fused_matmul_op(mut a: FusedMatmulArgs<'_>, pool: &PoolRef<'_>) -> Result
 /// The constraints of a weight's layout. A repacked weight (`prepare_weight`) has the GGUF
 /// size, so past these it gets the reference shape checks as if GGUF-native.
 fn check_layout(w: &WeightRef<'_>) -> Result<(), String> {
-    match w.layout {
-        0 => Ok(()),
-        q4k_x8::LAYOUT_Q4_K_X8 if q4k_x8::can_repack(w.dtype, w.rows, w.cols) => Ok(()),
-        q4k_x8::LAYOUT_Q4_K_X8 => Err(format!(
-            "weight layout {} (repacked Q4_K) needs a Q4_K matrix with rows in multiples of \
-             8 and whole super-blocks, not {} of {} × {}",
+    if w.layout == 0 {
+        return Ok(());
+    }
+    match x8::layout_type(w.layout) {
+        Some(t) if t == w.dtype && x8::can_repack(w.dtype, w.rows, w.cols) => Ok(()),
+        Some(t) => Err(format!(
+            "weight layout {} (repacked {}) needs a {} matrix with rows in multiples of 8 and \
+             whole super-blocks, not {} of {} × {}",
             w.layout,
+            t.name(),
+            t.name(),
             w.dtype.name(),
             w.rows,
             w.cols
         )),
-        other => Err(format!(
-            "weight layout {other} is neither GGUF-native nor one this plugin's prepare_weight \
-             makes"
+        None => Err(format!(
+            "weight layout {} is neither GGUF-native nor one this plugin's prepare_weight \
+             makes",
+            w.layout
         )),
     }
 }
@@ -190,10 +195,14 @@ impl<'a> Product<'a> {
         out_stride: usize,
         accumulate: bool,
     ) -> Self {
-        let kernel = match (weight.layout, quants::tile_fn(weight.dtype)) {
-            (q4k_x8::LAYOUT_Q4_K_X8, _) => Kernel::Simd(q4k_x8::tile_q4_k_x8),
-            (_, Some(f)) => Kernel::Simd(f),
-            (_, None) => Kernel::Scalar(weight.dtype),
+        let tile = match weight.layout {
+            0 => quants::tile_fn(weight.dtype),
+            // Checked by `check_layout`.
+            layout => x8::tile_fn(layout),
+        };
+        let kernel = match tile {
+            Some(f) => Kernel::Simd(f),
+            None => Kernel::Scalar(weight.dtype),
         };
         Product {
             weight,

@@ -4,7 +4,7 @@
 //! included). An ignored test times the tiles.
 
 use kernels_avx2::cpu::Avx2;
-use kernels_avx2::quants::{q4k_x8, quantize_activations, tile_fn, TileFn};
+use kernels_avx2::quants::{quantize_activations, tile_fn, x8, TileFn};
 use kernels_reference::quants;
 use plugin_api::{GgmlType, QK_K};
 use proptest::prelude::*;
@@ -206,33 +206,33 @@ fn check_outputs(
     Ok(())
 }
 
-/// The repacked Q4_K tile (`q4k_x8`) over `groups` groups of 8 weight rows × `nc` activation
+/// The repacked tile of `t` (`x8`) over `groups` groups of 8 weight rows × `nc` activation
 /// rows, against the reference `vec_dot` on the GGUF rows the groups were repacked from.
 fn check_repacked_tile(
+    t: GgmlType,
     blocks: usize,
     groups: usize,
     nc: usize,
     pads: (usize, usize),
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let t = GgmlType::Q4_K;
-    let (k, nr) = (blocks * QK_K, groups * q4k_x8::GROUP_ROWS);
+    let (k, nr) = (blocks * QK_K, groups * x8::GROUP_ROWS);
     let mut rng = Rng::new(seed);
     let w_rows: Vec<Vec<u8>> = (0..nr).map(|_| weight_row(t, k, &mut rng)).collect();
     let x_rows: Vec<Vec<u8>> = (0..nc).map(|_| activation_row(k, &mut rng)).collect();
     let w_stride = w_rows[0].len();
     let gguf = w_rows.concat();
-    let w = q4k_x8::repack(nr, k, &gguf).unwrap();
+    let (layout, w) = x8::repack(t, nr, k, &gguf).unwrap();
     prop_assert_eq!(w.len(), gguf.len());
     prop_assert!(
-        q4k_x8::unpack(nr, k, &w) == gguf,
+        x8::unpack(layout, nr, k, &w) == Some(gguf),
         "repack does not round-trip"
     );
     let x_stride = x_rows[0].len() + pads.0;
     let x = strided(&x_rows, x_stride, &mut rng);
     let out_stride = nr + pads.1;
     let mut out = vec![SENTINEL; nc * out_stride + 3];
-    q4k_x8::tile_q4_k_x8(
+    x8::tile_fn(layout).unwrap()(
         cpu(),
         k,
         &w,
@@ -244,7 +244,14 @@ fn check_repacked_tile(
         &mut out,
         out_stride,
     );
-    check_outputs(t, "repacked Q4_K", &out, out_stride, &w_rows, &x_rows)
+    check_outputs(
+        t,
+        &format!("repacked {}", t.name()),
+        &out,
+        out_stride,
+        &w_rows,
+        &x_rows,
+    )
 }
 
 /// A float for the quantizer: mostly ordinary values, with zeros, signed zeros, NaNs,
@@ -285,10 +292,11 @@ proptest! {
         check_tile(t, tile, blocks, nr, nc, (w_pad, x_pad, out_pad), seed)?;
     }
 
-    /// The repacked Q4_K tile equals the reference on the rows it was repacked from, and the
-    /// repacking round-trips.
+    /// The repacked Q4_K and Q6_K tiles equal the reference on the rows they were repacked
+    /// from, and the repacking round-trips.
     #[test]
-    fn repacked_q4_k_tiles_match_reference_vec_dot(
+    fn repacked_tiles_match_reference_vec_dot(
+        q6: bool,
         blocks in prop_oneof![1usize..=3, Just(6usize)],
         groups in 1usize..=3,
         nc in 1usize..=9,
@@ -296,7 +304,8 @@ proptest! {
         out_pad in 0usize..5,
         seed in any::<u64>(),
     ) {
-        check_repacked_tile(blocks, groups, nc, (x_pad, out_pad), seed)?;
+        let t = if q6 { GgmlType::Q6_K } else { GgmlType::Q4_K };
+        check_repacked_tile(t, blocks, groups, nc, (x_pad, out_pad), seed)?;
     }
 
     /// The AVX2 Q8_K quantizer writes exactly the reference's bytes.
@@ -378,24 +387,26 @@ fn kquant_tiles_every_remainder() {
     }
 }
 
-/// The repacked Q4_K tile at every activation-row remainder of its 8 × 4 register block, and
+/// The repacked tiles at every activation-row remainder of their 8 × 4 register block, and
 /// what `repack` refuses.
 #[test]
-fn repacked_q4_k_every_remainder_and_refusals() {
-    for nc in 1..=9 {
-        check_repacked_tile(6, 2, nc, (5, 2), nc as u64).unwrap();
+fn repacked_every_remainder_and_refusals() {
+    for t in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        for nc in 1..=9 {
+            check_repacked_tile(t, 6, 2, nc, (5, 2), nc as u64).unwrap();
+        }
+        let row = t.row_bytes(QK_K).unwrap();
+        assert!(
+            x8::repack(t, 12, QK_K, &vec![0; 12 * row]).is_err(),
+            "12 rows"
+        );
+        assert!(
+            x8::repack(t, 8, QK_K, &vec![0; 8 * row - 1]).is_err(),
+            "short data"
+        );
+        assert!(!x8::can_repack(t, 8, QK_K + 32));
     }
-    let row = GgmlType::Q4_K.row_bytes(QK_K).unwrap();
-    assert!(
-        q4k_x8::repack(12, QK_K, &vec![0; 12 * row]).is_err(),
-        "12 rows"
-    );
-    assert!(
-        q4k_x8::repack(8, QK_K, &vec![0; 8 * row - 1]).is_err(),
-        "short data"
-    );
-    assert!(!q4k_x8::can_repack(GgmlType::Q6_K, 8, QK_K));
-    assert!(!q4k_x8::can_repack(GgmlType::Q4_K, 8, QK_K + 32));
+    assert!(!x8::can_repack(GgmlType::Q5_K, 8, QK_K));
 }
 
 /// The fastest of many short runs of `f`, in ns per call: on a machine shared with other
@@ -468,15 +479,15 @@ fn time_kquant_tiles() {
                 "{} k={k}: nc=1 {decode:.2} ns, nc=64 {gemm:.2} ns, one-row loop {single:.2} ns, reference {scalar:.1} ns per super-block dot",
                 t.name()
             );
-            if t == GgmlType::Q4_K {
-                let wp = q4k_x8::repack(nr, k, &w).unwrap();
-                let tile = q4k_x8::tile_q4_k_x8;
+            if let Ok((layout, wp)) = x8::repack(t, nr, k, &w) {
+                let tile = x8::tile_fn(layout).unwrap();
                 let decode =
                     best_ns(|| tile(cpu(), k, &wp, ws, nr, &x, xs, 1, &mut out, nr)) / per_dot(1);
                 let gemm =
                     best_ns(|| tile(cpu(), k, &wp, ws, nr, &x, xs, 64, &mut out, nr)) / per_dot(64);
                 println!(
-                    "Q4_K repacked ×8 k={k}: nc=1 {decode:.2} ns, nc=64 {gemm:.2} ns per super-block dot"
+                    "{} repacked ×8 k={k}: nc=1 {decode:.2} ns, nc=64 {gemm:.2} ns per super-block dot",
+                    t.name()
                 );
             }
         }

@@ -1,4 +1,4 @@
-//! What the K-quant kernels (`kquants`, `kdecode`, `q4k_x8`) share: the Q8_K activation block
+//! What the K-quant kernels (`kquants`, `kdecode`, `x8`) share: the Q8_K activation block
 //! layout and bounds-checked vector loads from byte slices.
 
 use std::arch::x86_64::*;

@@ -48,7 +48,7 @@ mod kdecode;
 pub mod kquants;
 mod kshared;
 pub mod legacy;
-pub mod q4k_x8;
+pub mod x8;
 
 use crate::cpu::Avx2;
 use plugin_api::GgmlType;

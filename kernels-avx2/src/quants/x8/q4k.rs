@@ -1,11 +1,10 @@
-//! Q4_K weights repacked at load (`prepare_weight`) into groups of 8 rows, and the matmul
-//! tiles that read them: decode and prompt GEMM alike.
+//! Q4_K in groups of 8 rows (see [`super`] for why): the layout and the group kernel.
 //!
 //! In the GGUF layout each `maddubs` multiplies 32 nibbles of *one* row, so the sub-block's
 //! scale is a single number that has to be broadcast (a shuffle) and applied (a `madd`) for
 //! every 32 weights, and the 6-bit scales and mins are unpacked row by row with scalar code:
 //! ~86 instructions per row and super-block, which kept Q4_K decode compute-bound at ~19 GB/s
-//! (`dot_q4_k` in [`super::kdecode`]). Here a 32-byte vector holds 4 consecutive weights of
+//! (`dot_q4_k` in `kdecode`). Here a 32-byte vector holds 4 consecutive weights of
 //! each of 8 rows, so:
 //! * one `maddubs` against 4 activation bytes broadcast from memory (a load, no shuffle)
 //!   serves 8 rows, and the 8 products of a 32-element sub-block add up in i16 (at most
@@ -15,13 +14,13 @@
 //!
 //! About 50 instructions per row and super-block. Decode reads each group as one sequential
 //! stream, which the hardware prefetcher follows on its own: software prefetches 2–12 KiB
-//! ahead (as [`super::kdecode`] needs) made it slower here, 17–20 GB/s against 21–23 on
+//! ahead (as `kdecode` needs) made it slower here, 17–20 GB/s against 21–23 on
 //! weights streamed from DRAM (`time_decode_matmul_streaming` with `REPACK=1`). The idea is the one of llama.cpp's
 //! `block_q4_Kx8` repacking; this layout interleaves 4 bytes per row rather than 8 (no blends
 //! to separate rows) and keeps the scales in 6 bits laid out for vector decoding. Same size
 //! as the GGUF tensor.
 //!
-//! # Layout (`LAYOUT_Q4_K_X8`)
+//! # Layout ([`LAYOUT`](super::LAYOUT_Q4_K_X8))
 //! Rows in groups of 8 (`rows % 8 == 0`); group `g` occupies the bytes the GGUF tensor gives
 //! its rows `8g..8g+8`, one 1152-byte block per super-block `b`:
 //!
@@ -38,30 +37,17 @@
 // Register blocks index arrays of activation rows with one index.
 #![allow(clippy::needless_range_loop)]
 
-use super::kshared::{load16, load32, Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
-use plugin_api::{GgmlType, QK_K};
+use super::{broadcast4, GROUP_ROWS};
+use crate::quants::kshared::{load16, load32, Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
+use plugin_api::QK_K;
 use std::arch::x86_64::*;
 
-/// This plugin's id for the layout (ASCII "Q4K8").
-pub const LAYOUT_Q4_K_X8: u32 = u32::from_le_bytes(*b"Q4K8");
-
-/// Weight rows per group.
-pub const GROUP_ROWS: usize = 8;
 /// Bytes of a GGUF Q4_K super-block.
 const Q4K_BYTES: usize = 144;
 /// Bytes of one group's super-block.
 const BLOCK_BYTES: usize = GROUP_ROWS * Q4K_BYTES;
+/// Where the quants start in a group's super-block.
 const QS: usize = 128;
-/// Activation rows per register block of the prompt GEMM.
-const GEMM_COLS: usize = 4;
-
-/// Whether a weight of this type and shape can be repacked.
-pub fn can_repack(dtype: GgmlType, rows: usize, cols: usize) -> bool {
-    dtype == GgmlType::Q4_K
-        && rows > 0
-        && rows.is_multiple_of(GROUP_ROWS)
-        && cols.is_multiple_of(QK_K)
-}
 
 /// The 6-bit scale and min of sub-block `j` of a GGUF Q4_K block (`get_scale_min_k4`).
 fn scale_min(scales: &[u8], j: usize) -> (u8, u8) {
@@ -75,16 +61,10 @@ fn scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
-/// Repacks a GGUF Q4_K matrix of `rows × cols` (`can_repack`) into [`LAYOUT_Q4_K_X8`].
-pub fn repack(rows: usize, cols: usize, data: &[u8]) -> Result<Vec<u8>, String> {
+/// Repacks a GGUF Q4_K matrix of `rows × cols` (rows in groups of 8, whole super-blocks).
+pub(super) fn repack(cols: usize, data: &[u8]) -> Vec<u8> {
     let nb = cols / QK_K;
     let row_bytes = nb * Q4K_BYTES;
-    if !can_repack(GgmlType::Q4_K, rows, cols) || data.len() != rows * row_bytes {
-        return Err(format!(
-            "cannot repack {} bytes as a Q4_K matrix of {rows} × {cols} in groups of {GROUP_ROWS} rows",
-            data.len()
-        ));
-    }
     // Written front to back, in the destination's order.
     let mut out = Vec::with_capacity(data.len());
     for group in data.chunks_exact(GROUP_ROWS * row_bytes) {
@@ -116,12 +96,11 @@ pub fn repack(rows: usize, cols: usize, data: &[u8]) -> Result<Vec<u8>, String> 
             }
         }
     }
-    debug_assert_eq!(out.len(), data.len());
-    Ok(out)
+    out
 }
 
 /// The GGUF Q4_K bytes of a matrix repacked by [`repack`] (tests and debugging).
-pub fn unpack(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
+pub(super) fn unpack(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let nb = cols / QK_K;
     let row_bytes = nb * Q4K_BYTES;
     let mut out = vec![0u8; rows * row_bytes];
@@ -155,14 +134,6 @@ pub fn unpack(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// The 4 bytes at `off`, in every 32-bit lane (a broadcast load).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn broadcast4(b: &[u8], off: usize) -> __m256i {
-    let v = i32::from_le_bytes(b[off..][..4].try_into().unwrap());
-    _mm256_set1_epi32(v)
 }
 
 /// One group's super-block, decoded for the multiply-adds: the sub-block scales as `madd`
@@ -263,7 +234,7 @@ fn min_sums(h: &BlockHeader, y: &[u8]) -> __m256i {
 /// rows (`ys[c]`, each `nb` Q8_K blocks).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn group<const NC: usize>(nb: usize, w: &[u8], ys: [&[u8]; NC]) -> [__m256; NC] {
+pub(super) fn group<const NC: usize>(nb: usize, w: &[u8], ys: [&[u8]; NC]) -> [__m256; NC] {
     let m4 = _mm256_set1_epi8(0x0f);
     let mut acc = [_mm256_setzero_ps(); NC];
     for b in 0..nb {
@@ -329,62 +300,4 @@ fn group<const NC: usize>(nb: usize, w: &[u8], ys: [&[u8]; NC]) -> [__m256; NC] 
         }
     }
     acc
-}
-
-/// The [`TileFn`](super::TileFn) of repacked Q4_K weights: `w` starts at a group boundary
-/// and holds `nr / 8` groups of `8 · w_stride` bytes (`w_stride` the GGUF row size);
-/// `nr` must be a multiple of 8.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile(
-    k: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    x: &[u8],
-    x_stride: usize,
-    nc: usize,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    assert!(
-        k.is_multiple_of(QK_K) && nr.is_multiple_of(GROUP_ROWS),
-        "repacked Q4_K tiles need whole super-blocks ({k}) and groups of 8 rows ({nr})"
-    );
-    let nb = k / QK_K;
-    let group_bytes = GROUP_ROWS * w_stride;
-    let x_row = |c: usize| &x[c * x_stride..][..nb * Q8K_BYTES];
-    let mut store = |acc: &[__m256], r0: usize, c0: usize| {
-        for (c, a) in acc.iter().enumerate() {
-            let dst = &mut out[(c0 + c) * out_stride + r0..][..GROUP_ROWS];
-            let mut v = [0f32; GROUP_ROWS];
-            // SAFETY: `v` holds 8 floats; unaligned store.
-            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), *a) };
-            dst.copy_from_slice(&v);
-        }
-    };
-    for g in 0..nr / GROUP_ROWS {
-        let wg = &w[g * group_bytes..][..nb * BLOCK_BYTES];
-        let r0 = g * GROUP_ROWS;
-        let mut c0 = 0;
-        while c0 + GEMM_COLS <= nc {
-            let ys = [x_row(c0), x_row(c0 + 1), x_row(c0 + 2), x_row(c0 + 3)];
-            store(&group::<GEMM_COLS>(nb, wg, ys), r0, c0);
-            c0 += GEMM_COLS;
-        }
-        match nc - c0 {
-            0 => {}
-            1 => store(&group::<1>(nb, wg, [x_row(c0)]), r0, c0),
-            2 => store(&group::<2>(nb, wg, [x_row(c0), x_row(c0 + 1)]), r0, c0),
-            _ => store(
-                &group::<3>(nb, wg, [x_row(c0), x_row(c0 + 1), x_row(c0 + 2)]),
-                r0,
-                c0,
-            ),
-        }
-    }
-}
-
-tile_fns! {
-    tile_q4_k_x8 = tile;
 }
