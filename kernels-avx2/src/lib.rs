@@ -117,7 +117,7 @@ impl KernelImpl for Avx2Kernels {
         }
     }
 
-    /// Q4_K and Q6_K matrices (rows in multiples of 8) into groups of 8 interleaved rows
+    /// Q4_K, Q6_K and Q5_0 matrices (rows in multiples of 8) into groups of 8 interleaved rows
     /// ([`quants::x8`]): same size, fewer instructions per weight in both decode and prompt
     /// matmuls. Everything else stays zero-copy.
     fn prepare_weight(w: WeightRef<'_>) -> Result<Option<PreparedWeight>, String> {

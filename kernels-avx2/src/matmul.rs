@@ -171,7 +171,7 @@ fn check_layout(w: &WeightRef<'_>) -> Result<(), String> {
         Some(t) if t == w.dtype && x8::can_repack(w.dtype, w.rows, w.cols) => Ok(()),
         Some(t) => Err(format!(
             "weight layout {} (repacked {}) needs a {} matrix with rows in multiples of 8 and \
-             whole super-blocks, not {} of {} × {}",
+             whole blocks, not {} of {} × {}",
             w.layout,
             t.name(),
             t.name(),

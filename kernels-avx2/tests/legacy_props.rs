@@ -12,7 +12,7 @@
 //! `cargo test --release -p kernels-avx2 --test legacy_props -- --ignored --nocapture`.
 
 use kernels_avx2::cpu::Avx2;
-use kernels_avx2::quants::{act, legacy, TileFn};
+use kernels_avx2::quants::{act, legacy, x8, TileFn};
 use kernels_reference::quants::{
     fp16_to_fp32, fp32_to_fp16, quantize_activations, quantize_row, vec_dot, vec_dot_type,
 };
@@ -213,6 +213,7 @@ fn check_tile(
     x_pad: usize,
     out_pad: usize,
     seed: u64,
+    repacked: bool,
 ) -> Result<(), TestCaseError> {
     let k = nb * QK;
     let mut rng = Rng(seed);
@@ -227,12 +228,20 @@ fn check_tile(
         })
         .collect();
     let (w_stride, x_stride, out_stride) = (wb + w_pad, xb + x_pad, nr + out_pad);
-    let w = strided(&w_rows, w_stride, &mut rng);
+    let mut w = strided(&w_rows, w_stride, &mut rng);
     let x = strided(&x_rows, x_stride, &mut rng);
+    let mut tile = tile_of(t);
+    if repacked {
+        // `prepare_weight`'s layout: groups of 8 whole rows, no padding between them.
+        let (layout, packed) = x8::repack(t, nr, k, &w_rows.concat()).unwrap();
+        prop_assert!(x8::unpack(layout, nr, k, &packed) == Some(w_rows.concat()));
+        (w, tile) = (packed, x8::tile_fn(layout).unwrap());
+    }
+    let w_stride = if repacked { wb } else { w_stride };
     let sentinel = f32::from_bits(0x7FC0_1234);
     // Exactly the tile's extent when out_pad = 0; otherwise gaps and a tail to stay untouched.
     let mut out = vec![sentinel; (nc - 1) * out_stride + nr + out_pad];
-    tile_of(t)(
+    tile(
         cpu, k, &w, w_stride, nr, &x, x_stride, nc, &mut out, out_stride,
     );
     for (i, &o) in out.iter().enumerate() {
@@ -284,7 +293,7 @@ macro_rules! tile_props {
                     seed in any::<u64>(),
                 ) {
                     let Some(cpu) = cpu() else { return Ok(()) };
-                    check_tile(cpu, $t, nb, nr, nc, w_pad, x_pad, out_pad, seed)?;
+                    check_tile(cpu, $t, nb, nr, nc, w_pad, x_pad, out_pad, seed, false)?;
                 }
             )*
         }
@@ -312,7 +321,26 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let Some(cpu) = cpu() else { return Ok(()) };
-        check_tile(cpu, t, nb, nr, 1, w_pad, 3, 1, seed)?;
+        check_tile(cpu, t, nb, nr, 1, w_pad, 3, 1, seed, false)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Q5_0 repacked by `prepare_weight` into groups of 8 rows (`x8`): round trip, and the
+    /// tile over it against the reference on the GGUF rows.
+    #[test]
+    fn repacked_q5_0_tiles_match_vec_dot(
+        nb in blocks(),
+        groups in 1usize..=3,
+        nc in 1usize..=9,
+        x_pad in prop_oneof![Just(0usize), 1usize..=40],
+        out_pad in 0usize..=5,
+        seed in any::<u64>(),
+    ) {
+        let Some(cpu) = cpu() else { return Ok(()) };
+        check_tile(cpu, GgmlType::Q5_0, nb, 8 * groups, nc, 0, x_pad, out_pad, seed, true)?;
     }
 }
 
@@ -326,7 +354,7 @@ fn every_tile_shape_matches_vec_dot() {
             for nr in 1..=9 {
                 for nc in 1..=9 {
                     let seed = (nb * 100 + nr * 10 + nc) as u64;
-                    check_tile(cpu, t, nb, nr, nc, 3, 5, 2, seed).unwrap();
+                    check_tile(cpu, t, nb, nr, nc, 3, 5, 2, seed, false).unwrap();
                 }
             }
         }

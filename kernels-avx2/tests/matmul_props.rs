@@ -179,16 +179,15 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// Q4_K and Q6_K weights repacked by `prepare_weight` give the reference's products, in
-    /// plain and fused matmuls, decode and prompt batches, on real threads.
+    /// Q4_K, Q6_K and Q5_0 weights repacked by `prepare_weight` give the reference's
+    /// products, in plain and fused matmuls, decode and prompt batches, on real threads.
     #[test]
     fn repacked_matmul_matches_reference(
-        q6: bool, groups in 1usize..40, blocks in 1usize..4,
+        t in prop::sample::select(vec![GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0]), groups in 1usize..40, blocks in 1usize..4,
         n_batch in prop_oneof![1usize..4, 60usize..70], fused: bool,
         threads in 1usize..4, seed in any::<u64>(),
     ) {
         let (rows, cols) = (8 * groups, 256 * blocks);
-        let t = if q6 { GgmlType::Q6_K } else { GgmlType::Q4_K };
         let w = weight(t, rows, cols, seed);
         let wr = WeightRef { dtype: t, layout: 0, rows, cols, data: RSlice::from_slice(&w) };
         let prepared = Avx2Kernels::prepare_weight(wr).unwrap().expect("repacked in groups of 8");
@@ -236,7 +235,7 @@ fn weight_at(dtype: GgmlType, rows: usize, layout: u32, data: &[u8]) -> WeightRe
     }
 }
 
-/// `prepare_weight` repacks only Q4_K and Q6_K in groups of 8 rows, and a matmul refuses a layout it
+/// `prepare_weight` repacks only Q4_K, Q6_K and Q5_0 in groups of 8 rows, and a matmul refuses a layout it
 /// does not know or one whose constraints the weight breaks, with one line.
 #[test]
 fn prepare_weight_scope_and_layout_errors() {
@@ -402,25 +401,26 @@ fn time_decode_matmul_streaming() {
             .collect();
         // REPACK=1: Q4_K as `prepare_weight` repacks it.
         let mut layout = 0;
-        let mats: Vec<Vec<u8>> =
-            if std::env::var("REPACK").is_ok() && matches!(t, GgmlType::Q4_K | GgmlType::Q6_K) {
-                mats.iter()
-                    .map(|m| {
-                        let w = WeightRef {
-                            dtype: t,
-                            layout: 0,
-                            rows,
-                            cols,
-                            data: RSlice::from_slice(m),
-                        };
-                        let p = Avx2Kernels::prepare_weight(w).unwrap().unwrap();
-                        layout = p.layout;
-                        p.data.to_vec()
-                    })
-                    .collect()
-            } else {
-                mats
-            };
+        let mats: Vec<Vec<u8>> = if std::env::var("REPACK").is_ok()
+            && matches!(t, GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q5_0)
+        {
+            mats.iter()
+                .map(|m| {
+                    let w = WeightRef {
+                        dtype: t,
+                        layout: 0,
+                        rows,
+                        cols,
+                        data: RSlice::from_slice(m),
+                    };
+                    let p = Avx2Kernels::prepare_weight(w).unwrap().unwrap();
+                    layout = p.layout;
+                    p.data.to_vec()
+                })
+                .collect()
+        } else {
+            mats
+        };
         let x = uniform(3, cols);
         let mut y = vec![0f32; rows];
         let mut best = f64::MAX;

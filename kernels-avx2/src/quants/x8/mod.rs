@@ -1,4 +1,4 @@
-//! K-quant weights repacked at load (`prepare_weight`) into groups of 8 interleaved rows, and
+//! Quantized weights repacked at load (`prepare_weight`) into groups of 8 interleaved rows, and
 //! the matmul tiles that read them, decode and prompt GEMM alike.
 //!
 //! In the GGUF layout each `maddubs` multiplies 32 bytes of *one* row, so a sub-block's scale
@@ -13,12 +13,14 @@
 //! the GGUF tensor's size: group `g` takes the bytes GGUF gives rows `8g..8g+8`.
 //!
 //! * [`q4k`]: Q4_K, [`LAYOUT_Q4_K_X8`];
-//! * [`q6k`]: Q6_K, [`LAYOUT_Q6_K_X8`].
+//! * [`q6k`]: Q6_K, [`LAYOUT_Q6_K_X8`];
+//! * [`q5_0`]: Q5_0, [`LAYOUT_Q5_0_X8`].
 
 // Register blocks index arrays of activation rows with one index.
 #![allow(clippy::needless_range_loop)]
 
 mod q4k;
+mod q5_0;
 mod q6k;
 
 use super::kshared::Q8K_BYTES;
@@ -30,6 +32,8 @@ use std::arch::x86_64::*;
 pub const LAYOUT_Q4_K_X8: u32 = u32::from_le_bytes(*b"Q4K8");
 /// This plugin's id for repacked Q6_K (ASCII "Q6K8").
 pub const LAYOUT_Q6_K_X8: u32 = u32::from_le_bytes(*b"Q6K8");
+/// This plugin's id for repacked Q5_0 (ASCII "Q508").
+pub const LAYOUT_Q5_0_X8: u32 = u32::from_le_bytes(*b"Q508");
 
 /// Weight rows per group.
 pub const GROUP_ROWS: usize = 8;
@@ -41,24 +45,25 @@ pub fn layout_for(dtype: GgmlType) -> Option<u32> {
     match dtype {
         GgmlType::Q4_K => Some(LAYOUT_Q4_K_X8),
         GgmlType::Q6_K => Some(LAYOUT_Q6_K_X8),
+        GgmlType::Q5_0 => Some(LAYOUT_Q5_0_X8),
         _ => None,
     }
 }
 
 /// The weight type a layout of this module holds.
 pub fn layout_type(layout: u32) -> Option<GgmlType> {
-    [GgmlType::Q4_K, GgmlType::Q6_K]
+    [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0]
         .into_iter()
         .find(|&t| layout_for(t) == Some(layout))
 }
 
-/// Whether a weight of this type and shape can be repacked: a K-quant of this module with
-/// rows in groups of 8 and whole super-blocks.
+/// Whether a weight of this type and shape can be repacked: a type of this module with rows
+/// in groups of 8 and whole blocks.
 pub fn can_repack(dtype: GgmlType, rows: usize, cols: usize) -> bool {
     layout_for(dtype).is_some()
         && rows > 0
         && rows.is_multiple_of(GROUP_ROWS)
-        && cols.is_multiple_of(QK_K)
+        && cols.is_multiple_of(dtype.block_size())
 }
 
 /// Repacks a GGUF matrix of `rows × cols` (`can_repack`): its layout id and bytes.
@@ -72,10 +77,10 @@ pub fn repack(
     let row_bytes = dtype.row_bytes(cols);
     match (layout, row_bytes) {
         (Some(layout), Some(rb)) if can_repack(dtype, rows, cols) && Some(data.len()) == rows.checked_mul(rb) => {
-            let bytes = if dtype == GgmlType::Q4_K {
-                q4k::repack(cols, data)
-            } else {
-                q6k::repack(cols, data)
+            let bytes = match dtype {
+                GgmlType::Q4_K => q4k::repack(cols, data),
+                GgmlType::Q6_K => q6k::repack(cols, data),
+                _ => q5_0::repack(cols, data),
             };
             debug_assert_eq!(bytes.len(), data.len());
             Ok((layout, bytes))
@@ -92,7 +97,8 @@ pub fn repack(
 pub fn unpack(layout: u32, rows: usize, cols: usize, data: &[u8]) -> Option<Vec<u8>> {
     match layout_type(layout)? {
         GgmlType::Q4_K => Some(q4k::unpack(rows, cols, data)),
-        _ => Some(q6k::unpack(rows, cols, data)),
+        GgmlType::Q6_K => Some(q6k::unpack(rows, cols, data)),
+        _ => Some(q5_0::unpack(rows, cols, data)),
     }
 }
 
@@ -100,7 +106,8 @@ pub fn unpack(layout: u32, rows: usize, cols: usize, data: &[u8]) -> Option<Vec<
 pub fn tile_fn(layout: u32) -> Option<TileFn> {
     match layout_type(layout)? {
         GgmlType::Q4_K => Some(tile_q4_k_x8),
-        _ => Some(tile_q6_k_x8),
+        GgmlType::Q6_K => Some(tile_q6_k_x8),
+        _ => Some(tile_q5_0_x8),
     }
 }
 
@@ -115,15 +122,24 @@ fn broadcast4(b: &[u8], off: usize) -> __m256i {
 /// The weight types, as const-generic tags of [`tile`].
 const Q4_K: u8 = 0;
 const Q6_K: u8 = 1;
+const Q5_0: u8 = 2;
+
+/// Elements per block of weight type `t`, and bytes per block of its activations.
+const fn blocks(t: u8) -> (usize, usize) {
+    match t {
+        Q5_0 => (q5_0::BLOCK, q5_0::Q8_0_BYTES),
+        _ => (QK_K, Q8K_BYTES),
+    }
+}
 
 /// One group of 8 rows of type `T` against `NC` activation rows: `out[c][r]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn group<const T: u8, const NC: usize>(nb: usize, w: &[u8], ys: [&[u8]; NC]) -> [__m256; NC] {
-    if T == Q4_K {
-        q4k::group::<NC>(nb, w, ys)
-    } else {
-        q6k::group::<NC>(nb, w, ys)
+    match T {
+        Q4_K => q4k::group::<NC>(nb, w, ys),
+        Q6_K => q6k::group::<NC>(nb, w, ys),
+        _ => q5_0::group::<NC>(nb, w, ys),
     }
 }
 
@@ -143,13 +159,14 @@ fn tile<const T: u8>(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    let (block, act_bytes) = blocks(T);
     assert!(
-        k.is_multiple_of(QK_K) && nr.is_multiple_of(GROUP_ROWS),
-        "repacked K-quant tiles need whole super-blocks ({k}) and groups of 8 rows ({nr})"
+        k.is_multiple_of(block) && nr.is_multiple_of(GROUP_ROWS),
+        "repacked tiles need whole blocks ({k}) and groups of 8 rows ({nr})"
     );
-    let nb = k / QK_K;
+    let nb = k / block;
     let group_bytes = GROUP_ROWS * w_stride;
-    let x_row = |c: usize| &x[c * x_stride..][..nb * Q8K_BYTES];
+    let x_row = |c: usize| &x[c * x_stride..][..nb * act_bytes];
     let mut store = |acc: &[__m256], r0: usize, c0: usize| {
         for (c, a) in acc.iter().enumerate() {
             let dst = &mut out[(c0 + c) * out_stride + r0..][..GROUP_ROWS];
@@ -184,4 +201,5 @@ fn tile<const T: u8>(
 tile_fns! {
     tile_q4_k_x8: Q4_K;
     tile_q6_k_x8: Q6_K;
+    tile_q5_0_x8: Q5_0;
 }
