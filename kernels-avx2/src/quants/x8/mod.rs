@@ -77,11 +77,12 @@ pub fn repack(
     let row_bytes = dtype.row_bytes(cols);
     match (layout, row_bytes) {
         (Some(layout), Some(rb)) if can_repack(dtype, rows, cols) && Some(data.len()) == rows.checked_mul(rb) => {
-            let bytes = match dtype {
-                GgmlType::Q4_K => q4k::repack(cols, data),
-                GgmlType::Q6_K => q6k::repack(cols, data),
-                _ => q5_0::repack(cols, data),
+            let block = match dtype {
+                GgmlType::Q4_K => q4k::repack_block,
+                GgmlType::Q6_K => q6k::repack_block,
+                _ => q5_0::repack_block,
             };
+            let bytes = repack_blocks(data, rb, dtype.block_bytes(), block);
             debug_assert_eq!(bytes.len(), data.len());
             Ok((layout, bytes))
         }
@@ -95,11 +96,46 @@ pub fn repack(
 
 /// The GGUF bytes of a matrix repacked by [`repack`] into `layout` (tests and debugging).
 pub fn unpack(layout: u32, rows: usize, cols: usize, data: &[u8]) -> Option<Vec<u8>> {
-    match layout_type(layout)? {
-        GgmlType::Q4_K => Some(q4k::unpack(rows, cols, data)),
-        GgmlType::Q6_K => Some(q6k::unpack(rows, cols, data)),
-        _ => Some(q5_0::unpack(rows, cols, data)),
+    let dtype = layout_type(layout)?;
+    let row = match dtype {
+        GgmlType::Q4_K => q4k::unpack_row,
+        GgmlType::Q6_K => q6k::unpack_row,
+        _ => q5_0::unpack_row,
+    };
+    let (row_bytes, block_bytes) = (dtype.row_bytes(cols)?, dtype.block_bytes());
+    let mut out = vec![0u8; rows * row_bytes];
+    for (g, src_group) in data.chunks_exact(GROUP_ROWS * row_bytes).enumerate() {
+        for (b, src) in src_group.chunks_exact(GROUP_ROWS * block_bytes).enumerate() {
+            for r in 0..GROUP_ROWS {
+                row(
+                    src,
+                    r,
+                    &mut out[(g * GROUP_ROWS + r) * row_bytes + b * block_bytes..][..block_bytes],
+                );
+            }
+        }
     }
+    Some(out)
+}
+
+/// The repacked bytes of `data`, rows of `row_bytes` in blocks of `block_bytes`: `block`
+/// appends each (group of 8 rows, block) in turn, given the 8 rows' GGUF blocks. Written front
+/// to back, in the destination's order.
+fn repack_blocks(
+    data: &[u8],
+    row_bytes: usize,
+    block_bytes: usize,
+    block: fn(&[&[u8]; GROUP_ROWS], &mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for group in data.chunks_exact(GROUP_ROWS * row_bytes) {
+        for b in 0..row_bytes / block_bytes {
+            let src: [&[u8]; GROUP_ROWS] =
+                std::array::from_fn(|r| &group[r * row_bytes + b * block_bytes..][..block_bytes]);
+            block(&src, &mut out);
+        }
+    }
+    out
 }
 
 /// The tile function of a layout of this module.

@@ -39,7 +39,6 @@
 
 use super::{broadcast4, GROUP_ROWS};
 use crate::quants::kshared::{load16, load32, Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
-use plugin_api::QK_K;
 use std::arch::x86_64::*;
 
 /// Bytes of a GGUF Q4_K super-block.
@@ -61,79 +60,57 @@ fn scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
-/// Repacks a GGUF Q4_K matrix of `rows × cols` (rows in groups of 8, whole super-blocks).
-pub(super) fn repack(cols: usize, data: &[u8]) -> Vec<u8> {
-    let nb = cols / QK_K;
-    let row_bytes = nb * Q4K_BYTES;
-    // Written front to back, in the destination's order.
-    let mut out = Vec::with_capacity(data.len());
-    for group in data.chunks_exact(GROUP_ROWS * row_bytes) {
-        for b in 0..nb {
-            let src: [&[u8]; GROUP_ROWS] =
-                std::array::from_fn(|r| &group[r * row_bytes + b * Q4K_BYTES..][..Q4K_BYTES]);
-            for field in [0..2, 2..4] {
-                for s in &src {
-                    out.extend_from_slice(&s[field.clone()]);
-                }
-            }
-            let (mut low, mut high) = ([0u8; 64], [0u8; 32]);
-            for (r, s) in src.iter().enumerate() {
-                for j in 0..8 {
-                    let (sc, m) = scale_min(&s[4..16], j);
-                    let i = 8 * j + r;
-                    low[i] = (sc & 0x0f) | ((m & 0x0f) << 4);
-                    high[i % 32] |= ((sc >> 4) | ((m >> 4) << 2)) << (4 * (i / 32));
-                }
-            }
-            out.extend_from_slice(&low);
-            out.extend_from_slice(&high);
-            for p in 0..4 {
-                for k in 0..8 {
-                    for s in &src {
-                        out.extend_from_slice(&s[16 + 32 * p + 4 * k..][..4]);
-                    }
-                }
+/// Appends the repacked form of one super-block of 8 rows (`src[r]`: row `r`'s GGUF block).
+pub(super) fn repack_block(src: &[&[u8]; GROUP_ROWS], out: &mut Vec<u8>) {
+    for field in [0..2, 2..4] {
+        for s in src {
+            out.extend_from_slice(&s[field.clone()]);
+        }
+    }
+    let (mut low, mut high) = ([0u8; 64], [0u8; 32]);
+    for (r, s) in src.iter().enumerate() {
+        for j in 0..8 {
+            let (sc, m) = scale_min(&s[4..16], j);
+            let i = 8 * j + r;
+            low[i] = (sc & 0x0f) | ((m & 0x0f) << 4);
+            high[i % 32] |= ((sc >> 4) | ((m >> 4) << 2)) << (4 * (i / 32));
+        }
+    }
+    out.extend_from_slice(&low);
+    out.extend_from_slice(&high);
+    for p in 0..4 {
+        for k in 0..8 {
+            for s in src {
+                out.extend_from_slice(&s[16 + 32 * p + 4 * k..][..4]);
             }
         }
     }
-    out
 }
 
-/// The GGUF Q4_K bytes of a matrix repacked by [`repack`] (tests and debugging).
-pub(super) fn unpack(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
-    let nb = cols / QK_K;
-    let row_bytes = nb * Q4K_BYTES;
-    let mut out = vec![0u8; rows * row_bytes];
-    for (g, src_group) in data.chunks_exact(GROUP_ROWS * row_bytes).enumerate() {
-        for (b, src) in src_group.chunks_exact(BLOCK_BYTES).enumerate() {
-            for r in 0..GROUP_ROWS {
-                let dst = &mut out[(g * GROUP_ROWS + r) * row_bytes + b * Q4K_BYTES..][..Q4K_BYTES];
-                dst[0..2].copy_from_slice(&src[2 * r..][..2]);
-                dst[2..4].copy_from_slice(&src[16 + 2 * r..][..2]);
-                let mut sc = [0u8; 8];
-                let mut m = [0u8; 8];
-                for j in 0..8 {
-                    let i = 8 * j + r;
-                    let high = src[96 + i % 32] >> (4 * (i / 32));
-                    sc[j] = (src[32 + i] & 0x0f) | ((high & 3) << 4);
-                    m[j] = (src[32 + i] >> 4) | (((high >> 2) & 3) << 4);
-                }
-                let s = &mut dst[4..16];
-                for j in 0..4 {
-                    s[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
-                    s[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
-                    s[j + 8] = (sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4);
-                }
-                for p in 0..4 {
-                    for k in 0..8 {
-                        dst[16 + 32 * p + 4 * k..][..4]
-                            .copy_from_slice(&src[QS + 256 * p + 32 * k + 4 * r..][..4]);
-                    }
-                }
-            }
+/// Row `r`'s GGUF super-block `dst` out of a repacked one, `src`.
+pub(super) fn unpack_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[0..2].copy_from_slice(&src[2 * r..][..2]);
+    dst[2..4].copy_from_slice(&src[16 + 2 * r..][..2]);
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..8 {
+        let i = 8 * j + r;
+        let high = src[96 + i % 32] >> (4 * (i / 32));
+        sc[j] = (src[32 + i] & 0x0f) | ((high & 3) << 4);
+        m[j] = (src[32 + i] >> 4) | (((high >> 2) & 3) << 4);
+    }
+    let s = &mut dst[4..16];
+    for j in 0..4 {
+        s[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        s[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+        s[j + 8] = (sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4);
+    }
+    for p in 0..4 {
+        for k in 0..8 {
+            dst[16 + 32 * p + 4 * k..][..4]
+                .copy_from_slice(&src[QS + 256 * p + 32 * k + 4 * r..][..4]);
         }
     }
-    out
 }
 
 /// One group's super-block, decoded for the multiply-adds: the sub-block scales as `madd`

@@ -33,45 +33,22 @@ const QS: usize = 48;
 /// Bytes of a Q8_0 block: `d: f16`, `qs: [i8; 32]`.
 pub(super) const Q8_0_BYTES: usize = 34;
 
-/// Repacks a GGUF Q5_0 matrix of rows of `cols` (rows in groups of 8, whole blocks).
-pub(super) fn repack(cols: usize, data: &[u8]) -> Vec<u8> {
-    let nb = cols / BLOCK;
-    let row_bytes = nb * Q5_0_BYTES;
-    // Written front to back, in the destination's order.
-    let mut out = Vec::with_capacity(data.len());
-    for group in data.chunks_exact(GROUP_ROWS * row_bytes) {
-        for b in 0..nb {
-            let src: [&[u8]; GROUP_ROWS] =
-                std::array::from_fn(|r| &group[r * row_bytes + b * Q5_0_BYTES..][..Q5_0_BYTES]);
-            for (start, len) in [(0, 2), (2, 4), (6, 4), (10, 4), (14, 4), (18, 4)] {
-                for s in &src {
-                    out.extend_from_slice(&s[start..][..len]);
-                }
-            }
+/// Appends the repacked form of one block of 8 rows (`src[r]`: row `r`'s GGUF block).
+pub(super) fn repack_block(src: &[&[u8]; GROUP_ROWS], out: &mut Vec<u8>) {
+    for (start, len) in [(0, 2), (2, 4), (6, 4), (10, 4), (14, 4), (18, 4)] {
+        for s in src {
+            out.extend_from_slice(&s[start..][..len]);
         }
     }
-    out
 }
 
-/// The GGUF Q5_0 bytes of a matrix repacked by [`repack`].
-pub(super) fn unpack(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
-    let nb = cols / BLOCK;
-    let row_bytes = nb * Q5_0_BYTES;
-    let mut out = vec![0u8; rows * row_bytes];
-    for (g, src_group) in data.chunks_exact(GROUP_ROWS * row_bytes).enumerate() {
-        for (b, src) in src_group.chunks_exact(BLOCK_BYTES).enumerate() {
-            for r in 0..GROUP_ROWS {
-                let dst =
-                    &mut out[(g * GROUP_ROWS + r) * row_bytes + b * Q5_0_BYTES..][..Q5_0_BYTES];
-                dst[0..2].copy_from_slice(&src[2 * r..][..2]);
-                dst[2..6].copy_from_slice(&src[QH + 4 * r..][..4]);
-                for k in 0..4 {
-                    dst[6 + 4 * k..][..4].copy_from_slice(&src[QS + 32 * k + 4 * r..][..4]);
-                }
-            }
-        }
+/// Row `r`'s GGUF block `dst` out of a repacked one, `src`.
+pub(super) fn unpack_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[0..2].copy_from_slice(&src[2 * r..][..2]);
+    dst[2..6].copy_from_slice(&src[QH + 4 * r..][..4]);
+    for k in 0..4 {
+        dst[6 + 4 * k..][..4].copy_from_slice(&src[QS + 32 * k + 4 * r..][..4]);
     }
-    out
 }
 
 /// `pshufb` masks giving every byte of row `r`'s dword the byte of its `qh` that holds the

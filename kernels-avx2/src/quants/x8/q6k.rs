@@ -25,7 +25,6 @@
 
 use super::{broadcast4, GROUP_ROWS};
 use crate::quants::kshared::{load16, load32, Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
-use plugin_api::QK_K;
 use std::arch::x86_64::*;
 
 /// Bytes of a GGUF Q6_K super-block: `ql[128]`, `qh[64]`, `scales: [i8; 16]`, `d: f16`.
@@ -38,67 +37,44 @@ const BLOCK_BYTES: usize = GROUP_ROWS * Q6K_BYTES;
 const SCALES: usize = 16;
 const QUANTS: usize = 144;
 
-/// Repacks a GGUF Q6_K matrix of rows of `cols` (rows in groups of 8, whole super-blocks).
-pub(super) fn repack(cols: usize, data: &[u8]) -> Vec<u8> {
-    let nb = cols / QK_K;
-    let row_bytes = nb * Q6K_BYTES;
-    // Written front to back, in the destination's order.
-    let mut out = Vec::with_capacity(data.len());
-    for group in data.chunks_exact(GROUP_ROWS * row_bytes) {
-        for b in 0..nb {
-            let src: [&[u8]; GROUP_ROWS] =
-                std::array::from_fn(|r| &group[r * row_bytes + b * Q6K_BYTES..][..Q6K_BYTES]);
-            for s in &src {
-                out.extend_from_slice(&s[GGUF_D..][..2]);
-            }
-            for p in 0..8 {
-                for s in &src {
-                    out.extend_from_slice(&s[GGUF_SCALES + 2 * p..][..2]);
-                }
-            }
-            for n in 0..2 {
-                for c in 0..8 {
-                    for start in [64 * n, 64 * n + 32, GGUF_QH + 32 * n] {
-                        for s in &src {
-                            out.extend_from_slice(&s[start + 4 * c..][..4]);
-                        }
-                    }
+/// Appends the repacked form of one super-block of 8 rows (`src[r]`: row `r`'s GGUF block).
+pub(super) fn repack_block(src: &[&[u8]; GROUP_ROWS], out: &mut Vec<u8>) {
+    for s in src {
+        out.extend_from_slice(&s[GGUF_D..][..2]);
+    }
+    for p in 0..8 {
+        for s in src {
+            out.extend_from_slice(&s[GGUF_SCALES + 2 * p..][..2]);
+        }
+    }
+    for n in 0..2 {
+        for c in 0..8 {
+            for start in [64 * n, 64 * n + 32, GGUF_QH + 32 * n] {
+                for s in src {
+                    out.extend_from_slice(&s[start + 4 * c..][..4]);
                 }
             }
         }
     }
-    out
 }
 
-/// The GGUF Q6_K bytes of a matrix repacked by [`repack`].
-pub(super) fn unpack(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
-    let nb = cols / QK_K;
-    let row_bytes = nb * Q6K_BYTES;
-    let mut out = vec![0u8; rows * row_bytes];
-    for (g, src_group) in data.chunks_exact(GROUP_ROWS * row_bytes).enumerate() {
-        for (b, src) in src_group.chunks_exact(BLOCK_BYTES).enumerate() {
-            for r in 0..GROUP_ROWS {
-                let dst = &mut out[(g * GROUP_ROWS + r) * row_bytes + b * Q6K_BYTES..][..Q6K_BYTES];
-                dst[GGUF_D..][..2].copy_from_slice(&src[2 * r..][..2]);
-                for p in 0..8 {
-                    dst[GGUF_SCALES + 2 * p..][..2]
-                        .copy_from_slice(&src[SCALES + 16 * p + 2 * r..][..2]);
-                }
-                for n in 0..2 {
-                    for c in 0..8 {
-                        let at = QUANTS + 768 * n + 96 * c + 4 * r;
-                        for (i, start) in [64 * n, 64 * n + 32, GGUF_QH + 32 * n]
-                            .into_iter()
-                            .enumerate()
-                        {
-                            dst[start + 4 * c..][..4].copy_from_slice(&src[at + 32 * i..][..4]);
-                        }
-                    }
-                }
+/// Row `r`'s GGUF super-block `dst` out of a repacked one, `src`.
+pub(super) fn unpack_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[GGUF_D..][..2].copy_from_slice(&src[2 * r..][..2]);
+    for p in 0..8 {
+        dst[GGUF_SCALES + 2 * p..][..2].copy_from_slice(&src[SCALES + 16 * p + 2 * r..][..2]);
+    }
+    for n in 0..2 {
+        for c in 0..8 {
+            let at = QUANTS + 768 * n + 96 * c + 4 * r;
+            for (i, start) in [64 * n, 64 * n + 32, GGUF_QH + 32 * n]
+                .into_iter()
+                .enumerate()
+            {
+                dst[start + 4 * c..][..4].copy_from_slice(&src[at + 32 * i..][..4]);
             }
         }
     }
-    out
 }
 
 /// The 6-bit weights `q` (0..63) of quarter `j` of a half for one group of 4 elements × 8
